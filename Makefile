@@ -1,0 +1,56 @@
+# procmon: `make demo` runs the agent with a local broker; `make test` runs every test.
+# Both start from a fresh Debian 12 machine as root: `make setup` installs what they need.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BPF_OUT := agent/procmon/probe/bpf
+BPF_OBJ := $(BPF_OUT)/exit.bpf.o
+VMLINUX := build/vmlinux.h
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
+	mosquitto mosquitto-clients make
+
+.PHONY: setup apt venv bpf demo test test-core lint schema clean
+
+setup: apt venv bpf
+	$(PY) -m pip install -q -e '.[dev]'
+
+apt: build/.apt-done
+build/.apt-done:
+	@mkdir -p build
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
+	@touch $@
+
+# The system Python, so that a bcc backend (python3-bpfcc) is importable from the venv.
+venv: $(VENV)/bin/python
+$(VENV)/bin/python:
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q -U pip
+
+$(VMLINUX):
+	@mkdir -p build
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@
+
+bpf: $(BPF_OBJ)
+$(BPF_OBJ): bpf/exit.bpf.c bpf/exit_record.h $(VMLINUX)
+	@mkdir -p $(BPF_OUT)
+	clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -Ibuild -Ibpf -c $< -o $@.tmp
+	llvm-strip -g $@.tmp  # CO-RE relocations live in .BTF.ext and survive stripping
+	mv $@.tmp $@
+
+demo: setup
+	$(PY) -m procmon.demo
+
+test: setup lint
+	CI=$${CI:-} $(PY) -m pytest -ra
+
+lint:
+	$(VENV)/bin/ruff check agent tests bench
+	$(VENV)/bin/ruff format --check agent tests bench
+	$(VENV)/bin/mypy
+
+schema:
+	$(VENV)/bin/procmon schema > schemas/exit-event.v1.json
+
+clean:
+	rm -rf build $(BPF_OUT)/*.o

@@ -1,0 +1,166 @@
+"""Agent configuration: one validated object, read once at start (and on SIGHUP) and passed down.
+
+Sources, highest priority first: explicit overrides (CLI flags), ``PROCMON_*`` environment
+variables (nested keys with ``__``, e.g. ``PROCMON_MQTT__BROKER``), the TOML file, defaults.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_PATH = Path("/etc/procmon/agent.toml")
+
+# MQTT topic levels must not hold wildcards, separators or NUL; spaces break shell pipelines.
+_TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9._:@=-]{1,128}$")
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded as one line naming the key."""
+
+
+def check_topic_level(value: str, what: str) -> str:
+    """Reject a host id or prefix that would break or widen an MQTT topic."""
+    if not _TOPIC_LEVEL.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not a safe MQTT topic level: use 1-128 of A-Z a-z 0-9 . _ : @ = -"
+            " (no '+', '#', '/', spaces or NUL)"
+        )
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProbeConfig(_Section):
+    backend: Literal["auto", "core", "bcc"] = "auto"
+    per_thread: bool = False
+    failed_only: bool = False
+    # Report only processes in the agent's own pid namespace (container hosts sharing a kernel).
+    pidns_scope: bool = False
+    exclude_self: bool = True
+    ring_size_kb: int = Field(default=4096, ge=64, le=1 << 20)
+    wakeup_bytes: int = Field(default=32768, ge=0)
+    poll_interval_ms: int = Field(default=100, ge=1, le=5000)
+
+
+class MqttConfig(_Section):
+    broker: str = "mqtt://127.0.0.1:1883"
+    prefix: str = "procmon"
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    message_expiry_s: int = Field(default=0, ge=0)
+    max_inflight: int = Field(default=256, ge=1, le=65535)
+    reconnect_max_s: int = Field(default=30, ge=1, le=3600)
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if not re.match(r"^mqtts?://[^/:\s]+(:\d{1,5})?/?$", value):
+            raise ValueError(f"{value!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return check_topic_level(value, "prefix")
+
+
+class SpoolConfig(_Section):
+    path: Path = Path("/var/lib/procmon/spool.db")
+    max_events: int = Field(default=1_000_000, ge=100)
+
+
+class SinkConfig(_Section):
+    mqtt: bool = True
+    stdout: Literal["off", "json", "human", "seed"] = "off"
+    kmsg: bool = False
+
+
+class AgentConfig(BaseSettings):
+    """Everything `procmon agent` needs; frozen so no part can change it behind another's back."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PROCMON_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    host_id: str = Field(default_factory=socket.gethostname)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    stats_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    probe: ProbeConfig = ProbeConfig()
+    mqtt: MqttConfig = MqttConfig()
+    spool: SpoolConfig = SpoolConfig()
+    sinks: SinkConfig = SinkConfig()
+
+    @field_validator("host_id")
+    @classmethod
+    def _host_id(cls, value: str) -> str:
+        return check_topic_level(value, "host_id")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def _first_error_line(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{origin}: {key}: {first['msg']}{more}"
+
+
+def load_config(
+    path: Path | None = None, overrides: dict[str, Any] | None = None
+) -> AgentConfig:
+    """Read and validate the config; raise ConfigError with one line naming the culprit.
+
+    ``path=None`` uses /etc/procmon/agent.toml when it exists, else defaults only. Overrides
+    are nested dicts (``{"mqtt": {"broker": ...}}``) and win over everything else.
+    """
+    explicit = path is not None
+    toml_path = path if path is not None else DEFAULT_CONFIG_PATH
+    if explicit and not toml_path.is_file():
+        raise ConfigError(f"{toml_path}: config file not found")
+    if toml_path.exists():
+        try:
+            toml_path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{toml_path}: cannot read config: {exc.strerror}") from exc
+    settings_cls: type[AgentConfig] = type(
+        "AgentConfig",
+        (AgentConfig,),
+        {"model_config": {**AgentConfig.model_config, "toml_file": toml_path}},
+    )
+    try:
+        return settings_cls(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_first_error_line(exc, str(toml_path))) from exc
+    except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
+        raise ConfigError(f"{toml_path}: invalid TOML: {exc}") from exc

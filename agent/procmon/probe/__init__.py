@@ -1,0 +1,45 @@
+"""Probe backends: each attaches to process exit and yields RawExit records.
+
+Data flows one way: the kernel probe fills a ring buffer; a backend drains it into RawExit
+records; procmon.event turns them into ExitEvents.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+from procmon.probe.knobs import ProbeKnobs
+from procmon.probe.record import RawExit
+
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+
+__all__ = ["BTF_PATH", "Probe", "ProbeKnobs", "RawExit", "choose_backend", "open_probe"]
+
+
+class Probe(Protocol):
+    backend: str
+    attach_seconds: float
+
+    def poll(self, timeout_ms: int) -> list[RawExit]: ...
+    def kernel_drops(self) -> int: ...
+    def detach(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def choose_backend(requested: str) -> str:
+    """auto: CO-RE where the kernel has BTF, else bcc."""
+    if requested != "auto":
+        return requested
+    return "core" if os.path.exists(BTF_PATH) else "bcc"
+
+
+def open_probe(backend: str, knobs: ProbeKnobs) -> Probe:
+    chosen = choose_backend(backend)
+    if chosen == "core":
+        from procmon.probe.core import CoreProbe
+
+        return CoreProbe(knobs)
+    from procmon.probe.bcc import BccProbe
+
+    return BccProbe(knobs)

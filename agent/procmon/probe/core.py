@@ -1,0 +1,191 @@
+"""The CO-RE backend: loads bpf/exit.bpf.c's object through libbpf and drains its ring buffer."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import struct
+import time
+from importlib import resources
+from pathlib import Path
+
+from procmon.probe import libbpf
+from procmon.probe.knobs import ProbeKnobs
+from procmon.probe.record import COUNTER_DROPPED, COUNTER_EMITTED, RawExit, decode
+
+log = logging.getLogger("procmon.probe")
+
+# Preferred first: tp_btf reads the tracepoint's arguments directly; the classic tracepoint
+# is the fallback where tp_btf does not load.
+PROGRAMS = (b"exit_btf", b"exit_tp")
+
+
+def bundled_object() -> Path:
+    """The BPF object shipped inside the package (built by `make bpf`)."""
+    path = Path(str(resources.files("procmon.probe") / "bpf" / "exit.bpf.o"))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: build it with 'make bpf' and reinstall")
+    return path
+
+
+class CoreProbe:
+    """Open, configure, load and attach the probe; poll() returns decoded records."""
+
+    backend = "core"
+
+    def __init__(self, knobs: ProbeKnobs, obj_path: Path | None = None) -> None:
+        self._bpf = libbpf.lib()
+        self._path = obj_path or bundled_object()
+        self._knobs = knobs
+        self._obj = 0
+        self._links: list[int] = []
+        self._ring = 0
+        self._pending: list[RawExit] = []
+        self._started = time.monotonic()
+        last_error: libbpf.LibbpfError | None = None
+        for program in PROGRAMS:
+            try:
+                self._load_and_attach(program)
+                self.program = program.decode()
+                break
+            except libbpf.LibbpfError as exc:
+                log.info("program %s did not load or attach: %s", program.decode(), exc)
+                last_error = exc
+                self._close_object()
+        else:
+            raise _explain(last_error)
+        self.attach_seconds = time.monotonic() - self._started
+        log.info("attached %s in %.3f s", self.program, self.attach_seconds)
+
+    # --- set-up -------------------------------------------------------------------------
+
+    def _load_and_attach(self, program: bytes) -> None:
+        bpf = self._bpf
+        ctypes.set_errno(0)
+        self._obj = libbpf.check_ptr(
+            bpf.bpf_object__open_file(str(self._path).encode(), None), f"opening {self._path}"
+        )
+        for name in PROGRAMS:
+            prog = libbpf.check_ptr(
+                bpf.bpf_object__find_program_by_name(self._obj, name), f"finding {name.decode()}"
+            )
+            bpf.bpf_program__set_autoload(prog, name == program)
+        self._set_knobs()
+        events = self._map(b"events")
+        libbpf.check_rc(
+            bpf.bpf_map__set_max_entries(events, self._knobs.ring_size_bytes), "sizing ring"
+        )
+        libbpf.check_rc(bpf.bpf_object__load(self._obj), "loading the BPF object")
+        prog = bpf.bpf_object__find_program_by_name(self._obj, program)
+        ctypes.set_errno(0)
+        self._links.append(
+            libbpf.check_ptr(bpf.bpf_program__attach(prog), f"attaching {program.decode()}")
+        )
+        # Keep the callback object referenced: libbpf calls it for the ring's whole life.
+        self._sample_cb = libbpf.RING_SAMPLE_FN(self._on_sample)
+        ctypes.set_errno(0)
+        self._ring = libbpf.check_ptr(
+            bpf.ring_buffer__new(bpf.bpf_map__fd(events), self._sample_cb, None, None),
+            "creating the ring buffer",
+        )
+        counters = self._map(b"counters")
+        self._counters_fd = bpf.bpf_map__fd(counters)
+        self._ncpus = libbpf.check_rc(bpf.libbpf_num_possible_cpus(), "counting CPUs")
+        self._counter_buf = (ctypes.c_uint64 * self._ncpus)()
+
+    def _map(self, name: bytes) -> int:
+        return libbpf.check_ptr(
+            self._bpf.bpf_object__find_map_by_name(self._obj, name), f"finding map {name.decode()}"
+        )
+
+    def _rodata(self) -> int:
+        bpf = self._bpf
+        m = bpf.bpf_object__next_map(self._obj, None)
+        while m:
+            if bpf.bpf_map__name(m).endswith(b".rodata"):
+                return int(m)
+            m = bpf.bpf_object__next_map(self._obj, m)
+        raise libbpf.LibbpfError(0, "BPF object has no .rodata map")
+
+    def _set_knobs(self) -> None:
+        rodata = self._rodata()
+        size = ctypes.c_size_t()
+        base = libbpf.check_ptr(
+            self._bpf.bpf_map__initial_value(rodata, ctypes.byref(size)), "reading .rodata"
+        )
+        layout = libbpf.datasec_offsets(self._obj, b".rodata")
+        for name, value in self._knobs.as_rodata().items():
+            offset, width = layout[name]
+            fmt = {1: "<B", 4: "<I", 8: "<Q"}[width]
+            ctypes.memmove(base + offset, struct.pack(fmt, value), width)
+
+    # --- running ------------------------------------------------------------------------
+
+    def _on_sample(self, _ctx: int | None, data: int, size: int) -> int:
+        # Runs inside libbpf: must never raise. Decoding errors are impossible by layout,
+        # but a guard keeps a surprise from hanging the poll loop.
+        try:
+            self._pending.append(decode(ctypes.string_at(data, size)))
+        except Exception:  # pragma: no cover - defensive
+            log.exception("undecodable ring-buffer record of %d bytes", size)
+        return 0
+
+    def poll(self, timeout_ms: int) -> list[RawExit]:
+        """Wait up to timeout_ms for a wakeup, then drain everything queued."""
+        rc = self._bpf.ring_buffer__poll(self._ring, timeout_ms)
+        if rc < 0 and rc != -4:  # -EINTR: a signal arrived; the caller checks its flags
+            libbpf.check_rc(rc, "ring_buffer__poll")
+        # Batched wakeups leave records queued without an epoll event: drain them too.
+        self._bpf.ring_buffer__consume(self._ring)
+        out, self._pending = self._pending, []
+        return out
+
+    def fileno(self) -> int:
+        return int(self._bpf.ring_buffer__epoll_fd(self._ring))
+
+    def _counter(self, slot: int) -> int:
+        key = ctypes.c_uint32(slot)
+        rc = self._bpf.bpf_map_lookup_elem(
+            self._counters_fd, ctypes.byref(key), ctypes.byref(self._counter_buf)
+        )
+        if rc < 0:
+            return 0
+        return sum(self._counter_buf)
+
+    def kernel_drops(self) -> int:
+        """Records the probe could not reserve in the ring buffer, since attach."""
+        return self._counter(COUNTER_DROPPED)
+
+    def kernel_emitted(self) -> int:
+        return self._counter(COUNTER_EMITTED)
+
+    def _close_object(self) -> None:
+        for link in self._links:
+            self._bpf.bpf_link__destroy(link)
+        self._links = []
+        if self._ring:
+            self._bpf.ring_buffer__free(self._ring)
+            self._ring = 0
+        if self._obj:
+            self._bpf.bpf_object__close(self._obj)
+            self._obj = 0
+
+    def detach(self) -> None:
+        """Stop new records; those already queued stay for a last poll()."""
+        for link in self._links:
+            self._bpf.bpf_link__destroy(link)
+        self._links = []
+
+    def close(self) -> None:
+        self._close_object()
+
+
+def _explain(exc: libbpf.LibbpfError | None) -> Exception:
+    if exc is not None and exc.errno in (1, 13):  # EPERM, EACCES
+        who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+        return PermissionError(
+            f"loading the eBPF probe was refused for {who} ({exc}): run as root or grant "
+            "CAP_BPF and CAP_PERFMON (AmbientCapabilities in the systemd unit)"
+        )
+    return exc or libbpf.LibbpfError(0, "no probe program could be attached")

@@ -1,0 +1,51 @@
+"""The probe's in-kernel knobs, derived once from the config and this process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from procmon.config import ProbeConfig
+
+
+def own_pidns_inode() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
+
+
+@dataclass(frozen=True)
+class ProbeKnobs:
+    per_thread: bool = False
+    failed_only: bool = False
+    target_pidns: int = 0  # 0: every pid namespace
+    self_tgid: int = 0  # 0: report the agent's own exits too
+    wakeup_bytes: int = 32768
+    ring_size_bytes: int = 4 << 20
+
+    @classmethod
+    def from_config(cls, cfg: ProbeConfig) -> ProbeKnobs:
+        return cls(
+            per_thread=cfg.per_thread,
+            failed_only=cfg.failed_only,
+            target_pidns=own_pidns_inode() if cfg.pidns_scope else 0,
+            self_tgid=os.getpid() if cfg.exclude_self else 0,
+            wakeup_bytes=cfg.wakeup_bytes,
+            ring_size_bytes=_power_of_two(cfg.ring_size_kb * 1024),
+        )
+
+    def as_rodata(self) -> dict[str, int]:
+        """Values for the const volatile globals, by their C names."""
+        return {
+            "per_thread": int(self.per_thread),
+            "failed_only": int(self.failed_only),
+            "target_pidns": self.target_pidns,
+            "self_tgid": self.self_tgid,
+            "wakeup_bytes": self.wakeup_bytes,
+        }
+
+
+def _power_of_two(n: int) -> int:
+    """Ring buffers must be a power of two (and a multiple of the page size)."""
+    size = 4096
+    while size < n:
+        size <<= 1
+    return size

@@ -1,0 +1,46 @@
+"""The raw exit record, exactly as both probe backends write it (bpf/exit_record.h)."""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+RECORD_VERSION = 1
+FLAG_THREAD = 0x1
+FLAG_GROUP_DEAD = 0x2
+COUNTER_DROPPED = 0
+COUNTER_EMITTED = 1
+COUNTER_SLOTS = 2
+
+
+class RawExit(NamedTuple):
+    """One record from the ring buffer; field order and types mirror struct exit_record."""
+
+    ts_boot_ns: int
+    start_boot_ns: int
+    utime_ns: int
+    stime_ns: int
+    runtime_ns: int
+    max_rss_pages: int
+    cgroup_id: int
+    pid: int
+    tid: int
+    ppid: int
+    uid: int
+    gid: int
+    exit_code: int
+    pidns_inode: int
+    ns_pid: int
+    flags: int
+    comm: bytes
+
+
+RECORD = struct.Struct("<7Q9I16s4x")
+RECORD_SIZE = RECORD.size  # 112, asserted against the C struct in tests
+
+
+def decode(data: bytes) -> RawExit:
+    """Decode one record; the comm keeps its raw bytes up to the first NUL."""
+    fields = RECORD.unpack(data[:RECORD_SIZE])
+    comm = fields[16]
+    return RawExit(*fields[:16], comm[: comm.find(b"\0")] if b"\0" in comm else comm)

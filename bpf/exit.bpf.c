@@ -1,0 +1,158 @@
+// SPDX-License-Identifier: GPL-2.0
+/* procmon CO-RE probe: one record per process exit (or per thread exit on request).
+ * Filters run in the kernel, set before load as const volatile knobs, so that
+ * unwanted exits never cost a ring-buffer record or a wakeup. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "exit_record.h"
+
+#define SIGNAL_GROUP_EXIT 0x00000004
+
+const volatile bool per_thread = false;   /* report every thread exit, not only group ends */
+const volatile bool failed_only = false;  /* drop exits with status 0 and no signal */
+const volatile __u32 target_pidns = 0;    /* pid-namespace inode to scope to; 0 = all */
+const volatile __u32 self_tgid = 0;       /* the agent itself, never reported */
+const volatile __u64 wakeup_bytes = 32768;/* batch wakeups until this much is queued */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20); /* userspace resizes before load */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PROCMON_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 slot)
+{
+	__u64 *val = bpf_map_lookup_elem(&counters, &slot);
+
+	if (val)
+		*val += 1;
+}
+
+/* The pid namespace a task lives in and its number there (task_active_pid_ns). */
+static __always_inline void pid_ns_of(struct task_struct *task, __u32 *inum, __u32 *nr)
+{
+	struct pid *pid = BPF_CORE_READ(task, thread_pid);
+	unsigned int level = BPF_CORE_READ(pid, level);
+
+	*inum = BPF_CORE_READ(pid, numbers[level].ns, ns.inum);
+	*nr = BPF_CORE_READ(pid, numbers[level].nr);
+}
+
+static __always_inline __u64 max_rss_pages(struct task_struct *task)
+{
+	__u64 rss = BPF_CORE_READ(task, signal, maxrss);
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	__u64 hiwater;
+
+	if (!mm)
+		return rss;
+	hiwater = BPF_CORE_READ(mm, hiwater_rss);
+	return hiwater > rss ? hiwater : rss;
+}
+
+static __always_inline int handle_exit(bool group_dead)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *leader = task->group_leader;
+	struct signal_struct *sig = task->signal;
+	struct exit_record *rec;
+	__u32 tgid = task->tgid, pidns, ns_pid, code;
+	__u64 queued;
+
+	if (!per_thread && !group_dead)
+		return 0;
+	if (self_tgid && tgid == self_tgid)
+		return 0;
+	pid_ns_of(leader, &pidns, &ns_pid);
+	if (target_pidns && pidns != target_pidns)
+		return 0;
+
+	/* What wait(2) would return: the group exit code when the group was killed or
+	 * called exit_group, otherwise the leader's own code (it may have exited first). */
+	if (BPF_CORE_READ(sig, flags) & SIGNAL_GROUP_EXIT)
+		code = BPF_CORE_READ(sig, group_exit_code);
+	else
+		code = per_thread ? task->exit_code : BPF_CORE_READ(leader, exit_code);
+	if (failed_only && code == 0)
+		return 0;
+
+	rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+	if (!rec) {
+		count(PROCMON_CNT_DROPPED);
+		return 0;
+	}
+	rec->ts_boot_ns = bpf_ktime_get_boot_ns();
+	rec->pid = tgid;
+	rec->tid = task->pid;
+	rec->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	rec->uid = BPF_CORE_READ(task, real_cred, uid.val);
+	rec->gid = BPF_CORE_READ(task, real_cred, gid.val);
+	rec->exit_code = code;
+	rec->pidns_inode = pidns;
+	rec->ns_pid = ns_pid;
+	rec->cgroup_id = bpf_get_current_cgroup_id();
+	rec->max_rss_pages = max_rss_pages(task);
+	rec->flags = group_dead ? PROCMON_F_GROUP_DEAD : PROCMON_F_THREAD;
+	rec->_pad = 0;
+	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
+
+	if (group_dead && !per_thread) {
+		/* Dead threads were folded into signal_struct; the leader, if it exited
+		 * first, is a zombie whose times are not folded yet. */
+		rec->start_boot_ns = BPF_CORE_READ(leader, start_boottime);
+		rec->utime_ns = BPF_CORE_READ(sig, utime) + task->utime;
+		rec->stime_ns = BPF_CORE_READ(sig, stime) + task->stime;
+		rec->runtime_ns = BPF_CORE_READ(sig, sum_sched_runtime) + task->se.sum_exec_runtime;
+		if (leader != task) {
+			rec->utime_ns += BPF_CORE_READ(leader, utime);
+			rec->stime_ns += BPF_CORE_READ(leader, stime);
+			rec->runtime_ns += BPF_CORE_READ(leader, se.sum_exec_runtime);
+		}
+	} else {
+		rec->start_boot_ns = task->start_boottime;
+		rec->utime_ns = task->utime;
+		rec->stime_ns = task->stime;
+		rec->runtime_ns = task->se.sum_exec_runtime;
+	}
+
+	count(PROCMON_CNT_EMITTED);
+	queued = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(rec, queued >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(exit_btf, struct task_struct *p)
+{
+	bool group_dead;
+
+	/* 6.x passes group_dead; older kernels need the racy signal->live fallback. */
+	if (bpf_core_field_exists(struct trace_event_raw_sched_process_exit, group_dead))
+		group_dead = (bool)ctx[1];
+	else
+		group_dead = BPF_CORE_READ(p, signal, live.counter) == 0;
+	return handle_exit(group_dead);
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int exit_tp(void *ctx)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	bool group_dead;
+
+	if (bpf_core_field_exists(struct trace_event_raw_sched_process_exit, group_dead))
+		group_dead = ((struct trace_event_raw_sched_process_exit *)ctx)->group_dead;
+	else
+		group_dead = BPF_CORE_READ(task, signal, live.counter) == 0;
+	return handle_exit(group_dead);
+}
+
+char LICENSE[] SEC("license") = "GPL";
