@@ -6,10 +6,14 @@ This model is the single source of truth; ``schemas/exit-event.v1.json`` is gene
 
 from __future__ import annotations
 
+import os
 import signal as _signal
+import time
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from procmon.probe.record import FLAG_THREAD, RawExit
 
 SCHEMA_ID = "procmon.exit/v1"
 
@@ -37,6 +41,9 @@ class ExitEvent(BaseModel):
     model_config = ConfigDict(
         frozen=True,
         extra="forbid",
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
         title="procmon exit event",
         json_schema_extra={"$id": SCHEMA_ID},
     )
@@ -80,3 +87,74 @@ def signal_name(number: int) -> str:
         return _signal.Signals(number).name
     except ValueError:
         return f"SIG{number}"
+
+
+def read_boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
+
+
+def _rfc3339_ns(epoch_ns: int) -> str:
+    seconds, nanos = divmod(epoch_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+def _split_cputime(utime: int, stime: int, runtime: int) -> tuple[int, int]:
+    """Scale tick-sampled utime/stime to the precise runtime, as the kernel does for wait4
+    (cputime_adjust): the split follows the samples, the sum is exact."""
+    if utime + stime == 0:
+        return runtime, 0
+    if runtime <= 0:
+        return utime, stime
+    scaled_stime = stime * runtime // (utime + stime)
+    return runtime - scaled_stime, scaled_stime
+
+
+class EventBuilder:
+    """Turns RawExit records into ExitEvents for one host and backend.
+
+    Validation happens once, here; sinks serialize the model without re-validating.
+    """
+
+    def __init__(self, host: str, probe: Literal["core", "bcc"], boot_id: str | None = None):
+        self.host = host
+        self.probe: Literal["core", "bcc"] = probe
+        self.boot_id = boot_id or read_boot_id()
+        self._page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
+        self.resync_clock()
+
+    def resync_clock(self) -> None:
+        """Offset from CLOCK_BOOTTIME (what the probe stamps) to wall-clock time."""
+        self._boot_to_epoch_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+    def build(self, raw: RawExit) -> ExitEvent:
+        status = raw.exit_code
+        signo = status & 0x7F
+        is_thread = bool(raw.flags & FLAG_THREAD)
+        ident = raw.tid if is_thread else raw.pid
+        utime, stime = _split_cputime(raw.utime_ns, raw.stime_ns, raw.runtime_ns)
+        return ExitEvent(
+            event_id=f"{self.boot_id}:{ident}:{raw.start_boot_ns}",
+            scope="thread" if is_thread else "process",
+            host=self.host,
+            boot_id=self.boot_id,
+            probe=self.probe,
+            time=_rfc3339_ns(raw.ts_boot_ns + self._boot_to_epoch_ns),
+            pid=raw.pid,
+            tid=raw.tid,
+            ppid=raw.ppid,
+            comm=raw.comm.decode("utf-8", "backslashreplace"),
+            uid=raw.uid,
+            gid=raw.gid,
+            exit_code=0 if signo else (status >> 8) & 0xFF,
+            signal=SignalInfo(number=signo, name=signal_name(signo)) if signo else None,
+            core_dumped=bool(status & 0x80),
+            utime_ns=utime,
+            stime_ns=stime,
+            start_time=_rfc3339_ns(raw.start_boot_ns + self._boot_to_epoch_ns),
+            age_ns=max(0, raw.ts_boot_ns - raw.start_boot_ns),
+            max_rss_kb=raw.max_rss_pages * self._page_kb,
+            cgroup_id=raw.cgroup_id,
+            pidns_inode=raw.pidns_inode,
+            ns_pid=raw.ns_pid,
+        )
