@@ -58,39 +58,32 @@ static __always_inline __u64 max_rss_pages(struct task_struct *task)
 	return hiwater > rss ? hiwater : rss;
 }
 
-static __always_inline int handle_exit(bool group_dead)
+/* What wait(2) would return for the process: the group exit code when the group was killed
+ * or called exit_group, otherwise the leader's own code (the leader may have exited first). */
+static __always_inline __u32 process_status(struct task_struct *task)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct signal_struct *sig = task->signal;
+
+	if (BPF_CORE_READ(sig, flags) & SIGNAL_GROUP_EXIT)
+		return BPF_CORE_READ(sig, group_exit_code);
+	return BPF_CORE_READ(task, group_leader, exit_code);
+}
+
+static __always_inline void emit(struct task_struct *task, bool process, __u32 code,
+				 __u32 pidns, __u32 ns_pid)
+{
 	struct task_struct *leader = task->group_leader;
 	struct signal_struct *sig = task->signal;
 	struct exit_record *rec;
-	__u32 tgid = task->tgid, pidns, ns_pid, code;
 	__u64 queued;
-
-	if (!per_thread && !group_dead)
-		return 0;
-	if (self_tgid && tgid == self_tgid)
-		return 0;
-	pid_ns_of(leader, &pidns, &ns_pid);
-	if (target_pidns && pidns != target_pidns)
-		return 0;
-
-	/* What wait(2) would return: the group exit code when the group was killed or
-	 * called exit_group, otherwise the leader's own code (it may have exited first). */
-	if (BPF_CORE_READ(sig, flags) & SIGNAL_GROUP_EXIT)
-		code = BPF_CORE_READ(sig, group_exit_code);
-	else
-		code = per_thread ? task->exit_code : BPF_CORE_READ(leader, exit_code);
-	if (failed_only && code == 0)
-		return 0;
 
 	rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
 	if (!rec) {
 		count(PROCMON_CNT_DROPPED);
-		return 0;
+		return;
 	}
 	rec->ts_boot_ns = bpf_ktime_get_boot_ns();
-	rec->pid = tgid;
+	rec->pid = task->tgid;
 	rec->tid = task->pid;
 	rec->ppid = BPF_CORE_READ(task, real_parent, tgid);
 	rec->uid = BPF_CORE_READ(task, real_cred, uid.val);
@@ -100,13 +93,13 @@ static __always_inline int handle_exit(bool group_dead)
 	rec->ns_pid = ns_pid;
 	rec->cgroup_id = bpf_get_current_cgroup_id();
 	rec->max_rss_pages = max_rss_pages(task);
-	rec->flags = group_dead ? PROCMON_F_GROUP_DEAD : PROCMON_F_THREAD;
+	rec->flags = process ? PROCMON_F_GROUP_DEAD : PROCMON_F_THREAD;
 	rec->_pad = 0;
 	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
 
-	if (group_dead && !per_thread) {
-		/* Dead threads were folded into signal_struct; the leader, if it exited
-		 * first, is a zombie whose times are not folded yet. */
+	if (process) {
+		/* Threads already gone were folded into signal_struct; a leader that exited
+		 * first is a zombie whose times are not folded yet. */
 		rec->start_boot_ns = BPF_CORE_READ(leader, start_boottime);
 		rec->utime_ns = BPF_CORE_READ(sig, utime) + task->utime;
 		rec->stime_ns = BPF_CORE_READ(sig, stime) + task->stime;
@@ -126,6 +119,33 @@ static __always_inline int handle_exit(bool group_dead)
 	count(PROCMON_CNT_EMITTED);
 	queued = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 	bpf_ringbuf_submit(rec, queued >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
+/* Every thread exit passes here; per_thread adds a thread record to the process record
+ * that the group's last thread produces. */
+static __always_inline int handle_exit(bool group_dead)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 pidns, ns_pid, code;
+
+	if (!per_thread && !group_dead)
+		return 0;
+	if (self_tgid && task->tgid == self_tgid)
+		return 0;
+	pid_ns_of(task->group_leader, &pidns, &ns_pid);
+	if (target_pidns && pidns != target_pidns)
+		return 0;
+
+	if (per_thread) {
+		code = task->exit_code;
+		if (!failed_only || code)
+			emit(task, false, code, pidns, ns_pid);
+	}
+	if (group_dead) {
+		code = process_status(task);
+		if (!failed_only || code)
+			emit(task, true, code, pidns, ns_pid);
+	}
 	return 0;
 }
 

@@ -131,10 +131,11 @@ class EventBuilder:
         status = raw.exit_code
         signo = status & 0x7F
         is_thread = bool(raw.flags & FLAG_THREAD)
-        ident = raw.tid if is_thread else raw.pid
+        # A thread record and its process record can share tid and start time (the leader).
+        ident = f"{raw.tid}:{raw.start_boot_ns}:t" if is_thread else f"{raw.pid}:{raw.start_boot_ns}"
         utime, stime = _split_cputime(raw.utime_ns, raw.stime_ns, raw.runtime_ns)
         return ExitEvent(
-            event_id=f"{self.boot_id}:{ident}:{raw.start_boot_ns}",
+            event_id=f"{self.boot_id}:{ident}",
             scope="thread" if is_thread else "process",
             host=self.host,
             boot_id=self.boot_id,

@@ -39,6 +39,7 @@ class Pipeline:
         self.poll_interval_ms = poll_interval_ms
         self.max_events = max_events
         self.counters = PipelineCounters()
+        self.final_kernel_drops = 0
         self._polls = 0
 
     def step(self, timeout_ms: int | None = None) -> int:
@@ -76,6 +77,7 @@ class Pipeline:
         """Detach first, then deliver what the kernel had already queued."""
         self.probe.detach()
         self.step(timeout_ms=0)
+        self.final_kernel_drops = self.probe.kernel_drops()
         self.probe.close()
         for sink in self.sinks:
             sink.close()
