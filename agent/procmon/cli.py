@@ -1,0 +1,259 @@
+"""The `procmon` command: tail, agent, subscribe, check, schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from procmon import __version__
+from procmon.config import ConfigError, ProbeConfig, load_config
+
+log = logging.getLogger("procmon")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM. Handlers only set a flag: they may run inside a ctypes
+    callback, where a raised exception would be swallowed and could hang the poll loop."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        for signo in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signo, self._handle)
+
+    def _handle(self, _signo: int, _frame: object) -> None:
+        self.stop = True
+
+    def __call__(self) -> bool:
+        return self.stop
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# --- tail ----------------------------------------------------------------------------------
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from procmon.event import EventBuilder
+    from procmon.pipeline import Pipeline
+    from procmon.probe import ProbeKnobs, open_probe
+    from procmon.sinks import Sink
+    from procmon.sinks.kmsg import KmsgSink
+    from procmon.sinks.stdout import StdoutSink, seed_total_line
+
+    cfg = ProbeConfig(
+        backend=args.backend,
+        per_thread=args.per_thread,
+        failed_only=args.failed,
+        pidns_scope=args.pidns_scope,
+        exclude_self=True,
+        ring_size_kb=args.ring_size_kb,
+    )
+    stop = StopFlag()
+    probe = open_probe(cfg.backend, ProbeKnobs.from_config(cfg))
+    log.info("attached %s backend in %.3f s", probe.backend, probe.attach_seconds)
+    fmt = "json" if args.json else args.format
+    sinks: list[Sink] = [StdoutSink(fmt, sys.stdout.buffer)]
+    kmsg = KmsgSink() if args.kmsg else None
+    if kmsg:
+        sinks.append(kmsg)
+    builder = EventBuilder(args.host_id or _hostname(), probe.backend)  # type: ignore[arg-type]
+    pipeline = Pipeline(probe, builder, sinks, cfg.poll_interval_ms, max_events=args.count)
+    try:
+        pipeline.run(stop)
+    except BrokenPipeError:
+        pass  # the reader went away (e.g. `| head`): stop quietly
+    drops = pipeline.final_kernel_drops
+    total = pipeline.counters.events_seen
+    if kmsg:
+        kmsg.write_total(total)
+    summary = f"Total process exits monitored: {total}"
+    if fmt == "seed":
+        print(seed_total_line(total), flush=True)
+    print(f"{summary} (dropped in kernel: {drops})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+# --- agent / subscribe ---------------------------------------------------------------------
+
+
+def _agent_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if args.broker:
+        overrides["mqtt"] = {"broker": args.broker}
+    if args.host_id:
+        overrides["host_id"] = args.host_id
+    return overrides
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, _agent_overrides(args))
+    if args.check_config:
+        print(f"config ok: host_id={cfg.host_id} broker={cfg.mqtt.broker} probe={cfg.probe.backend}")
+        return EXIT_OK
+    _setup_logging(cfg.log_level)
+    from procmon.agent import run_agent
+
+    return run_agent(cfg, config_path=args.config, overrides=_agent_overrides(args))
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from procmon.subscribe import run_subscribe
+
+    return run_subscribe(
+        broker=args.broker,
+        topic_filter=args.filter,
+        count=args.count,
+        timeout=args.timeout,
+        output=args.output,
+        dedup=args.dedup,
+        username=args.username,
+        password_file=args.password_file,
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+    )
+
+
+# --- check / schema ------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from procmon.preflight import CheckLine, host_lines
+    from procmon.probe import choose_backend
+
+    lines = host_lines()
+    backend = choose_backend(args.backend)
+    lines.append(_probe_line(backend, CheckLine))
+    if args.broker:
+        from procmon.mqtt_check import broker_line
+
+        lines.append(broker_line(args.broker, args.username, args.password_file, args.ca_file))
+    for line in lines:
+        print(line.render())
+    return EXIT_OK if all(line.ok for line in lines) else EXIT_ERROR
+
+
+def _probe_line(backend: str, line_cls: Any) -> Any:
+    """The real proof: load and attach the probe, then detach."""
+    from procmon.probe import ProbeKnobs, open_probe
+
+    try:
+        probe = open_probe(backend, ProbeKnobs())
+    except (OSError, ImportError, RuntimeError) as exc:
+        return line_cls(f"probe ({backend})", False, str(exc))
+    detail = f"attached in {probe.attach_seconds:.3f} s; this host would use it"
+    probe.detach()
+    probe.close()
+    return line_cls(f"probe ({backend})", True, detail)
+
+
+def cmd_schema(_args: argparse.Namespace) -> int:
+    from procmon.schema import exit_event_schema
+
+    print(json.dumps(exit_event_schema(), indent=2, sort_keys=False))
+    return EXIT_OK
+
+
+# --- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="procmon", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"procmon {__version__}")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tail = sub.add_parser("tail", help="stream process exits from this host")
+    tail.add_argument("--json", action="store_true", help="one JSON event per line")
+    tail.add_argument("--format", choices=["human", "json", "seed"], default="human")
+    tail.add_argument("--failed", action="store_true", help="only non-zero exits and signals")
+    tail.add_argument("--per-thread", action="store_true", help="every thread exit")
+    tail.add_argument("--pidns-scope", action="store_true", help="only this pid namespace")
+    tail.add_argument("--count", type=_positive_int, help="stop after N events")
+    tail.add_argument("--kmsg", action="store_true", help="also write seed lines to /dev/kmsg")
+    tail.add_argument("--backend", choices=["auto", "core", "bcc"], default="auto")
+    tail.add_argument("--host-id", help="host name to put in events (default: hostname)")
+    tail.add_argument("--ring-size-kb", type=_positive_int, default=4096)
+    tail.set_defaults(func=cmd_tail)
+
+    agent = sub.add_parser("agent", help="publish every exit to MQTT (the per-host daemon)")
+    agent.add_argument("--config", type=Path, help="TOML file (default /etc/procmon/agent.toml)")
+    agent.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    agent.add_argument("--host-id", help="topic level for this host (default: hostname)")
+    agent.add_argument("--check-config", action="store_true", help="validate and exit")
+    agent.set_defaults(func=cmd_agent)
+
+    subscribe = sub.add_parser("subscribe", help="validated JSON lines from the bus")
+    subscribe.add_argument("filter", nargs="?", default="procmon/+/exits")
+    subscribe.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    subscribe.add_argument("--count", type=_positive_int, help="exit after N events")
+    subscribe.add_argument("--timeout", type=float, help="exit after S seconds")
+    subscribe.add_argument("--output", type=Path, help="append JSON lines here (default stdout)")
+    subscribe.add_argument("--dedup", action="store_true", help="drop repeated event_ids")
+    _add_auth(subscribe)
+    subscribe.set_defaults(func=cmd_subscribe)
+
+    check = sub.add_parser("check", help="preflight: can this host run the probe?")
+    check.add_argument("--backend", choices=["auto", "core", "bcc"], default="auto")
+    check.add_argument("--broker", help="also test this broker's connectivity and credentials")
+    _add_auth(check)
+    check.set_defaults(func=cmd_check)
+
+    schema = sub.add_parser("schema", help="print the ExitEvent JSON Schema")
+    schema.set_defaults(func=cmd_schema)
+    return parser
+
+
+def _add_auth(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--username")
+    parser.add_argument("--password-file", type=Path, help="file holding the password")
+    parser.add_argument("--ca-file", type=Path)
+    parser.add_argument("--cert-file", type=Path)
+    parser.add_argument("--key-file", type=Path)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "agent":
+        _setup_logging(args.log_level)
+    from procmon.probe.libbpf import LibbpfError
+
+    try:
+        rc: int = args.func(args)
+        return rc
+    except (ConfigError, PermissionError, FileNotFoundError, LibbpfError, ImportError) as exc:
+        print(f"procmon: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

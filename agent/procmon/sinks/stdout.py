@@ -1,0 +1,63 @@
+"""Text sinks: JSON lines, a human format, and the seed module's PROCESS_MONITOR lines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import BinaryIO, Literal
+
+from procmon.event import ExitEvent
+
+TextFormat = Literal["json", "human", "seed"]
+SEED_PREFIX = "PROCESS_MONITOR:"
+
+
+def seed_lines(event: ExitEvent) -> tuple[str, str]:
+    """The two lines the original kernel module printed for each exit."""
+    return (
+        f"{SEED_PREFIX} Process exiting - PID: {event.pid}, Name: {event.comm}, "
+        f"Parent PID: {event.ppid}",
+        f"{SEED_PREFIX}   User time: {event.utime_ns} ns, System time: {event.stime_ns} ns",
+    )
+
+
+def seed_total_line(total: int) -> str:
+    return f"{SEED_PREFIX} Total process exits monitored: {total}"
+
+
+def human_line(event: ExitEvent) -> str:
+    how = (
+        f"signal={event.signal.name}{' (core)' if event.core_dumped else ''}"
+        if event.signal
+        else f"code={event.exit_code}"
+    )
+    # repr() of comm keeps control characters from reaching the terminal raw.
+    comm = event.comm if event.comm.isprintable() else repr(event.comm)
+    return (
+        f"{event.time[11:23]} {event.scope[0]} pid={event.pid} ppid={event.ppid} "
+        f"uid={event.uid} {comm} {how} user={event.utime_ns / 1e6:.1f}ms "
+        f"sys={event.stime_ns / 1e6:.1f}ms rss={event.max_rss_kb}kB age={event.age_ns / 1e9:.3f}s"
+    )
+
+
+def render(event: ExitEvent, fmt: TextFormat) -> bytes:
+    if fmt == "json":
+        return event.__pydantic_serializer__.to_json(event) + b"\n"
+    if fmt == "seed":
+        return ("\n".join(seed_lines(event)) + "\n").encode("utf-8", "backslashreplace")
+    return (human_line(event) + "\n").encode("utf-8", "backslashreplace")
+
+
+class StdoutSink:
+    """Writes each event to a binary stream (stdout by default), flushed per batch."""
+
+    def __init__(self, fmt: TextFormat, stream: BinaryIO) -> None:
+        self.fmt: TextFormat = fmt
+        self.stream = stream
+
+    def emit(self, events: Sequence[ExitEvent]) -> None:
+        fmt = self.fmt
+        self.stream.write(b"".join(render(ev, fmt) for ev in events))
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
