@@ -1,0 +1,176 @@
+"""Real eBPF: the CO-RE probe against ground truth from os.wait4."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import exit_cases
+from procmon.event import EventBuilder, ExitEvent
+from procmon.probe import ProbeKnobs, RawExit
+from procmon.probe.core import CoreProbe
+
+pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("bpf_ready")]
+
+
+class Collector:
+    """Owns an attached probe; collects events until a condition holds or time runs out."""
+
+    def __init__(self, knobs: ProbeKnobs) -> None:
+        self.probe = CoreProbe(knobs)
+        self.builder = EventBuilder("test-host", "core")
+        self.events: list[ExitEvent] = []
+
+    def poll_until(self, done: Callable[[list[ExitEvent]], bool], timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not done(self.events) and time.monotonic() < deadline:
+            self.events.extend(self.builder.build(r) for r in self.probe.poll(50))
+        # One more short poll: a condition like "exactly one" must also hold a moment later.
+        self.events.extend(self.builder.build(r) for r in self.probe.poll(100))
+
+    def of_pid(self, pid: int) -> list[ExitEvent]:
+        return [e for e in self.events if e.pid == pid]
+
+    def raw_poll(self) -> list[RawExit]:
+        return self.probe.poll(50)
+
+    def close(self) -> None:
+        self.probe.detach()
+        self.probe.close()
+
+
+@pytest.fixture
+def collect() -> Iterator[Callable[..., Collector]]:
+    made: list[Collector] = []
+
+    def make(**knobs: Any) -> Collector:
+        knobs.setdefault("self_tgid", 0)
+        c = Collector(ProbeKnobs(**knobs))
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.mark.parametrize("case", sorted(exit_cases.CASES))
+def test_ground_truth(case: str, collect: Callable[..., Collector]) -> None:
+    c = collect()
+    truth = exit_cases.CASES[case]()
+    c.poll_until(lambda evs: any(e.pid == truth.pid for e in evs))
+    events = c.of_pid(truth.pid)
+    assert len(events) == 1, f"{case}: expected one process event, got {len(events)}"
+    assert exit_cases.check(truth, events[0].model_dump(mode="json")) == []
+
+
+def test_leader_first_reports_worker_tid(collect: Callable[..., Collector]) -> None:
+    c = collect()
+    truth = exit_cases.leader_exits_first()
+    c.poll_until(lambda evs: any(e.pid == truth.pid for e in evs))
+    (event,) = c.of_pid(truth.pid)
+    assert event.exit_code == 5
+    assert event.tid != event.pid, "the last thread out was the worker"
+
+
+def test_per_thread_gives_each_thread_and_the_process(collect: Callable[..., Collector]) -> None:
+    c = collect(per_thread=True)
+    truth = exit_cases.three_threads()
+    c.poll_until(lambda evs: any(e.pid == truth.pid and e.scope == "process" for e in evs))
+    events = c.of_pid(truth.pid)
+    assert sorted(e.scope for e in events) == ["process", "thread", "thread", "thread"]
+    assert len({e.tid for e in events if e.scope == "thread"}) == 3
+    assert len({e.event_id for e in events}) == 4
+
+
+def test_failed_only_skips_success(collect: Callable[..., Collector]) -> None:
+    c = collect(failed_only=True)
+    ok = subprocess.run(["true"], check=True)
+    del ok
+    failed = exit_cases.exit_code_3()
+    c.poll_until(lambda evs: any(e.pid == failed.pid for e in evs))
+    assert all(e.exit_code != 0 or e.signal for e in c.events)
+
+
+def test_self_exclusion(collect: Callable[..., Collector]) -> None:
+    """A probe excluding a tgid never reports that process."""
+    proc = subprocess.Popen(["sleep", "0.2"])
+    c = collect(self_tgid=proc.pid)
+    other = exit_cases.exit_code_3()
+    proc.wait()
+    c.poll_until(lambda evs: any(e.pid == other.pid for e in evs))
+    assert c.of_pid(proc.pid) == []
+
+
+def test_pidns_scope_excludes_other_namespaces(collect: Callable[..., Collector]) -> None:
+    own_ns = os.stat("/proc/self/ns/pid").st_ino
+    c = collect(target_pidns=own_ns)
+    # unshare (in our namespace) forks a shell that is pid 1 of a new one; both exit 9.
+    inside = subprocess.run(["unshare", "--pid", "--fork", "sh", "-c", "exit 9"], check=False)
+    assert inside.returncode == 9
+    c.poll_until(lambda evs: any(e.comm == "unshare" and e.exit_code == 9 for e in evs))
+    assert any(e.comm == "unshare" and e.exit_code == 9 for e in c.events)
+    assert not any(e.comm == "sh" and e.exit_code == 9 for e in c.events)
+    assert all(e.pidns_inode == own_ns for e in c.events)
+
+
+def test_pidns_fields_inside_namespace(collect: Callable[..., Collector]) -> None:
+    c = collect()
+    proc = subprocess.run(
+        ["unshare", "--pid", "--fork", "sh", "-c", "sleep 0.05; exit 4"], check=False
+    )
+    assert proc.returncode == 4
+    c.poll_until(lambda evs: any(e.exit_code == 4 and e.ns_pid == 1 for e in evs))
+    inner = [e for e in c.events if e.exit_code == 4 and e.ns_pid == 1]
+    assert inner, "the namespace's init (ns pid 1) exit with code 4"
+    assert inner[0].pidns_inode != os.stat("/proc/self/ns/pid").st_ino
+
+
+def test_cgroup_id_is_cgroup_directory_inode(collect: Callable[..., Collector]) -> None:
+    roots = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+    cgroot = next((p for p in roots if (p / "cgroup.subtree_control").exists()), None)
+    if cgroot is None:
+        pytest.skip("no cgroup v2 hierarchy mounted")
+    group = cgroot / f"procmon-test-{secrets.token_hex(3)}"
+    group.mkdir()
+    try:
+        c = collect()
+        proc = subprocess.Popen(["sh", "-c", f"echo $$ > {group}/cgroup.procs; exit 6"])
+        proc.wait()
+        c.poll_until(lambda evs: any(e.pid == proc.pid for e in evs))
+        (event,) = c.of_pid(proc.pid)
+        assert event.exit_code == 6
+        assert event.cgroup_id == group.stat().st_ino
+    finally:
+        _rmdir_when_empty(group)
+
+
+def _rmdir_when_empty(group: Path) -> None:
+    for _ in range(50):  # the last task leaves the cgroup a moment after it is reaped
+        try:
+            group.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
+    group.rmdir()
+
+
+def test_fork_storm_no_drops(collect: Callable[..., Collector], forkstorm: Path) -> None:
+    n = 20_000
+    name = f"fs{secrets.token_hex(3)}"
+    binary = forkstorm.with_name(name)
+    binary.write_bytes(forkstorm.read_bytes())
+    binary.chmod(0o755)
+    c = collect()
+    subprocess.run([str(binary), str(n), "2"], check=True, stdout=subprocess.DEVNULL)
+    expected = n + 2 + 1  # children, two workers, the main process
+    c.poll_until(lambda evs: sum(e.comm == name for e in evs) >= expected, timeout=60)
+    assert sum(e.comm == name for e in c.events) == expected
+    assert c.probe.kernel_drops() == 0
