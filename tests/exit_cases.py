@@ -10,7 +10,6 @@ standard library, so it also runs as a script on a test host that has only pytho
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import resource

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -52,7 +53,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from procmon.probe import ProbeKnobs, open_probe
     from procmon.sinks import Sink
     from procmon.sinks.kmsg import KmsgSink
-    from procmon.sinks.stdout import StdoutSink, seed_total_line
+    from procmon.sinks.stdout import StdoutSink, TextFormat, seed_total_line
 
     cfg = ProbeConfig(
         backend=args.backend,
@@ -65,17 +66,15 @@ def cmd_tail(args: argparse.Namespace) -> int:
     stop = StopFlag()
     probe = open_probe(cfg.backend, ProbeKnobs.from_config(cfg))
     log.info("attached %s backend in %.3f s", probe.backend, probe.attach_seconds)
-    fmt = "json" if args.json else args.format
+    fmt: TextFormat = "json" if args.json else args.format
     sinks: list[Sink] = [StdoutSink(fmt, sys.stdout.buffer)]
     kmsg = KmsgSink() if args.kmsg else None
     if kmsg:
         sinks.append(kmsg)
     builder = EventBuilder(args.host_id or _hostname(), probe.backend)  # type: ignore[arg-type]
     pipeline = Pipeline(probe, builder, sinks, cfg.poll_interval_ms, max_events=args.count)
-    try:
+    with contextlib.suppress(BrokenPipeError):  # the reader went away (`| head`): stop quietly
         pipeline.run(stop)
-    except BrokenPipeError:
-        pass  # the reader went away (e.g. `| head`): stop quietly
     drops = pipeline.final_kernel_drops
     total = pipeline.counters.events_seen
     if kmsg:
@@ -108,7 +107,9 @@ def _agent_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_agent(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, _agent_overrides(args))
     if args.check_config:
-        print(f"config ok: host_id={cfg.host_id} broker={cfg.mqtt.broker} probe={cfg.probe.backend}")
+        print(
+            f"config ok: host_id={cfg.host_id} broker={cfg.mqtt.broker} probe={cfg.probe.backend}"
+        )
         return EXIT_OK
     _setup_logging(cfg.log_level)
     from procmon.agent import run_agent

@@ -136,9 +136,7 @@ def _first_error_line(err: ValidationError, origin: str) -> str:
     return f"{origin}: {key}: {first['msg']}{more}"
 
 
-def load_config(
-    path: Path | None = None, overrides: dict[str, Any] | None = None
-) -> AgentConfig:
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> AgentConfig:
     """Read and validate the config; raise ConfigError with one line naming the culprit.
 
     ``path=None`` uses /etc/procmon/agent.toml when it exists, else defaults only. Overrides

@@ -48,7 +48,7 @@ class ExitEvent(BaseModel):
         json_schema_extra={"$id": SCHEMA_ID},
     )
 
-    schema_id: Literal["procmon.exit/v1"] = Field(default=SCHEMA_ID, alias="schema")
+    schema_id: Literal["procmon.exit/v1"] = Field(default="procmon.exit/v1", alias="schema")
     event_id: str = Field(
         min_length=1,
         max_length=128,
@@ -132,7 +132,9 @@ class EventBuilder:
         signo = status & 0x7F
         is_thread = bool(raw.flags & FLAG_THREAD)
         # A thread record and its process record can share tid and start time (the leader).
-        ident = f"{raw.tid}:{raw.start_boot_ns}:t" if is_thread else f"{raw.pid}:{raw.start_boot_ns}"
+        ident = (
+            f"{raw.tid}:{raw.start_boot_ns}:t" if is_thread else f"{raw.pid}:{raw.start_boot_ns}"
+        )
         utime, stime = _split_cputime(raw.utime_ns, raw.stime_ns, raw.runtime_ns)
         return ExitEvent(
             event_id=f"{self.boot_id}:{ident}",

@@ -188,4 +188,7 @@ def _explain(exc: libbpf.LibbpfError | None) -> Exception:
             f"loading the eBPF probe was refused for {who} ({exc}): run as root or grant "
             "CAP_BPF and CAP_PERFMON (AmbientCapabilities in the systemd unit)"
         )
+    if exc is not None:
+        hint = "--log-level info shows libbpf's log"
+        return libbpf.LibbpfError(exc.errno, f"{exc.strerror} ({hint})")
     return exc or libbpf.LibbpfError(0, "no probe program could be attached")

@@ -102,7 +102,9 @@ def _route_log(handle: ctypes.CDLL) -> None:
     vsnprintf = libc.vsnprintf
     vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
     vsnprintf.restype = c_int
-    levels = {LIBBPF_WARN: logging.WARNING, LIBBPF_INFO: logging.INFO, LIBBPF_DEBUG: logging.DEBUG}
+    # libbpf's warnings on a refused load are misleading (it suggests RLIMIT_MEMLOCK when the
+    # cause is capabilities), so they go to INFO; procmon raises one clear error instead.
+    levels = {LIBBPF_WARN: logging.INFO, LIBBPF_INFO: logging.DEBUG, LIBBPF_DEBUG: logging.DEBUG}
     buf = ctypes.create_string_buffer(1 << 16)  # verifier logs are long
 
     def _print(level: int, fmt: bytes, args: int) -> int:

@@ -43,4 +43,5 @@ def decode(data: bytes) -> RawExit:
     """Decode one record; the comm keeps its raw bytes up to the first NUL."""
     fields = RECORD.unpack(data[:RECORD_SIZE])
     comm = fields[16]
-    return RawExit(*fields[:16], comm[: comm.find(b"\0")] if b"\0" in comm else comm)
+    end = comm.find(b"\0")
+    return RawExit._make((*fields[:16], comm if end < 0 else comm[:end]))

@@ -1,0 +1,93 @@
+"""The procmon command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from procmon import __version__
+
+PROCMON = [sys.executable, "-m", "procmon.cli"]
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PROCMON, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_version() -> None:
+    assert run("--version").stdout.strip() == f"procmon {__version__}"
+
+
+def test_schema_command_prints_the_contract() -> None:
+    schema = json.loads(run("schema").stdout)
+    assert schema["$id"] == "procmon.exit/v1"
+
+
+def test_bad_config_is_one_line(tmp_path: object) -> None:
+    proc = run("agent", "--config", "/nonexistent/agent.toml", "--check-config")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "/nonexistent/agent.toml" in proc.stderr
+
+
+def _tail_until(args: list[str], trigger: list[str]) -> subprocess.CompletedProcess[str]:
+    """Start `procmon tail`, run trigger until tail has what it needs, return its output."""
+    tail = subprocess.Popen(
+        [*PROCMON, "tail", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 30
+    while tail.poll() is None and time.monotonic() < deadline:
+        subprocess.run(trigger, check=False)
+        time.sleep(0.2)
+    out, err = tail.communicate(timeout=30)
+    return subprocess.CompletedProcess(tail.args, tail.returncode, out, err)
+
+
+@pytest.mark.bpf
+@pytest.mark.usefixtures("bpf_ready")
+def test_tail_json_count() -> None:
+    proc = _tail_until(["--json", "--failed", "--count", "2"], ["sh", "-c", "exit 7"])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2
+    events = [json.loads(line) for line in lines]
+    assert all(e["exit_code"] != 0 or e["signal"] for e in events)
+    assert "Total process exits monitored: 2" in proc.stderr
+    assert "dropped in kernel: 0" in proc.stderr
+
+
+@pytest.mark.bpf
+@pytest.mark.usefixtures("bpf_ready")
+def test_tail_seed_format() -> None:
+    proc = _tail_until(["--format", "seed", "--failed", "--count", "1"], ["sh", "-c", "exit 7"])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("PROCESS_MONITOR: Process exiting - PID: ")
+    assert lines[1].startswith("PROCESS_MONITOR:   User time: ")
+    assert lines[-1] == "PROCESS_MONITOR: Total process exits monitored: 1"
+
+
+@pytest.mark.bpf
+@pytest.mark.usefixtures("bpf_ready")
+def test_check_attaches_probe() -> None:
+    proc = run("check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "probe (core): attached" in proc.stdout
+
+
+@pytest.mark.bpf
+@pytest.mark.usefixtures("bpf_ready")
+def test_unprivileged_tail_is_one_clear_line() -> None:
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *PROCMON, "tail"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "CAP_BPF and CAP_PERFMON" in proc.stderr
