@@ -9,10 +9,14 @@ VMLINUX := build/vmlinux.h
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	mosquitto mosquitto-clients make
 
-.PHONY: setup apt venv bpf demo test test-core lint schema clean
+.PHONY: setup apt venv bpf tracefs demo test lint schema clean
 
-setup: apt venv bpf
+setup: apt venv bpf tracefs
 	$(PY) -m pip install -q -e '.[dev]'
+
+# Classic tracepoints (the probe's fallback) need tracefs; systemd hosts mount it already.
+tracefs:
+	mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
 
 apt: build/.apt-done
 build/.apt-done:

@@ -24,7 +24,8 @@ class KmsgSink:
 
     def _write(self, line: str) -> None:
         try:
-            os.write(self._fd, _INFO + line.encode("utf-8", "backslashreplace"))
+            # A trailing newline closes the record; without it printk may hold the line back.
+            os.write(self._fd, _INFO + line.encode("utf-8", "backslashreplace") + b"\n")
             self.written += 1
         except OSError:
             self.failed += 1  # counted, never fatal: kmsg is a secondary sink
