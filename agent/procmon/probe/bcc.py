@@ -1,0 +1,205 @@
+"""The bcc backend: compiles bpf/exit.bcc.c at start-up against this kernel's headers.
+
+For kernels without BTF, where the CO-RE object cannot relocate. The program writes the same
+struct exit_record (bpf/exit_record.h) to a ring buffer, so procmon.probe.record decodes both.
+bcc's Python module comes from the distribution (python3-bpfcc) and imports only under the
+system Python: the agent's venv needs --system-site-packages.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from procmon.probe import bcc_guard
+from procmon.probe.knobs import ProbeKnobs
+from procmon.probe.record import COUNTER_DROPPED, COUNTER_EMITTED, RawExit, decode
+
+log = logging.getLogger("procmon.probe")
+
+TRACEPOINT = "sched:sched_process_exit"
+FUNCTION = "procmon_exit"
+_TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+def bundled_source() -> Path:
+    """The bcc C text shipped inside the package (copied from bpf/ by the Makefile)."""
+    path = Path(str(resources.files("procmon.probe") / "bpf" / "exit.bcc.c"))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: build it with 'make bpf' and reinstall")
+    return path
+
+
+def import_bcc() -> Any:
+    """bcc's BPF class, or ImportError saying how to make it importable."""
+    try:
+        from bcc import BPF
+    except ImportError as exc:
+        raise ImportError(
+            f"bcc backend: cannot import bcc under {sys.executable} ({exc}): install "
+            "python3-bpfcc (python3-bcc on RHEL) and run the agent from the system Python or "
+            "a venv made with --system-site-packages"
+        ) from exc
+    return BPF
+
+
+def tracepoint_has_group_dead() -> bool:
+    """Kernels from 6.x on pass group_dead to sched_process_exit; older ones need a fallback."""
+    for root in _TRACEFS:
+        try:
+            fmt = Path(root, "events/sched/sched_process_exit/format").read_text()
+        except OSError:
+            continue
+        return "group_dead;" in fmt
+    raise FileNotFoundError(
+        "bcc backend: tracefs is not mounted (no events/sched/sched_process_exit/format under "
+        f"{' or '.join(_TRACEFS)}): mount -t tracefs nodev /sys/kernel/tracing"
+    )
+
+
+def cflags(
+    knobs: ProbeKnobs, include_dir: Path, group_dead: bool, ncpus: int | None = None
+) -> list[str]:
+    """The knobs as -D macros: constants, so clang drops the filters that are off."""
+    # Wakeups are batched per CPU in exit.bcc.c (no ringbuf_query in bcc 0.26): share the
+    # budget so that about wakeup_bytes in total wait for a wakeup, as with CO-RE.
+    per_cpu_wakeup = knobs.wakeup_bytes // max(1, ncpus or _possible_cpus())
+    flags = [
+        f"-I{include_dir}",
+        f"-DPROCMON_PER_THREAD={int(knobs.per_thread)}",
+        f"-DPROCMON_FAILED_ONLY={int(knobs.failed_only)}",
+        f"-DPROCMON_TARGET_PIDNS={knobs.target_pidns}U",
+        f"-DPROCMON_SELF_TGID={knobs.self_tgid}U",
+        f"-DPROCMON_WAKEUP_BYTES={per_cpu_wakeup}ULL",
+        f"-DPROCMON_RING_PAGES={max(1, knobs.ring_size_bytes // 4096)}",
+    ]
+    if group_dead:
+        flags.append("-DPROCMON_TP_GROUP_DEAD")
+    return flags
+
+
+def _possible_cpus() -> int:
+    """CPUs a per-CPU map has slots for (/sys/devices/system/cpu/possible, e.g. "0-3")."""
+    try:
+        spec = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    except OSError:
+        return os.cpu_count() or 1
+    count = 0
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
+def compile_module(source: Path, flags: list[str]) -> Any:
+    """Compile the probe text plus the guard's offset functions; nothing is attached yet."""
+    bpf_cls = import_bcc()
+    if bcc_guard.find_headers() is None:
+        raise FileNotFoundError(
+            f"bcc backend: no kernel headers for {os.uname().release}: install "
+            "linux-headers-$(uname -r) or set BCC_KERNEL_SOURCE"
+        )
+    text = source.read_text() + bcc_guard.offset_functions()
+    try:
+        return bpf_cls(text=text, cflags=flags)
+    except Exception as exc:  # bcc raises a bare Exception; clang's errors went to stderr
+        raise _explain(exc, f"compiling {source} with bcc") from exc
+
+
+class BccProbe:
+    """Compile, guard, load and attach the bcc probe; poll() returns decoded records."""
+
+    backend = "bcc"
+
+    def __init__(self, knobs: ProbeKnobs, source: Path | None = None) -> None:
+        started = time.monotonic()
+        self._knobs = knobs
+        self._source = source or bundled_source()
+        self._pending: list[RawExit] = []
+        self._attached = False
+        group_dead = tracepoint_has_group_dead()
+        self._bpf = compile_module(self._source, cflags(knobs, self._source.parent, group_dead))
+        try:
+            self.compile_seconds = time.monotonic() - started
+            # Refuse before attaching: wrong offsets would yield plausible garbage.
+            self.guard_summary = bcc_guard.guard(self._bpf.dump_func)
+            log.info("bcc guard: %s", self.guard_summary)
+            try:
+                self._bpf.attach_tracepoint(tp=TRACEPOINT, fn_name=FUNCTION)
+            except Exception as exc:
+                raise _explain(exc, f"attaching {FUNCTION} to {TRACEPOINT}") from exc
+            self._attached = True
+            self._bpf["events"].open_ring_buffer(self._on_sample)
+            self._counters = self._bpf["counters"]
+        except BaseException:
+            self.close()
+            raise
+        self.program = f"bcc:{FUNCTION}"
+        self.attach_seconds = time.monotonic() - started
+        log.info(
+            "attached %s in %.3f s (compile %.3f s)",
+            self.program,
+            self.attach_seconds,
+            self.compile_seconds,
+        )
+
+    def _on_sample(self, _ctx: Any, data: Any, size: int) -> int:
+        # Runs inside libbcc's ring-buffer callback: must never raise.
+        try:
+            self._pending.append(decode(ctypes.string_at(data, size)))
+        except Exception:  # pragma: no cover - defensive
+            log.exception("undecodable ring-buffer record of %d bytes", size)
+        return 0
+
+    def poll(self, timeout_ms: int) -> list[RawExit]:
+        """Wait up to timeout_ms for a wakeup, then drain everything queued."""
+        self._bpf.ring_buffer_poll(timeout_ms)
+        # Batched wakeups leave records queued without an epoll event: drain them too.
+        self._bpf.ring_buffer_consume()
+        out, self._pending = self._pending, []
+        return out
+
+    def _counter(self, slot: int) -> int:
+        try:
+            return int(sum(self._counters[ctypes.c_int(slot)]))
+        except KeyError:
+            return 0
+
+    def kernel_drops(self) -> int:
+        """Records the probe could not reserve in the ring buffer, since attach."""
+        return self._counter(COUNTER_DROPPED)
+
+    def kernel_emitted(self) -> int:
+        return self._counter(COUNTER_EMITTED)
+
+    def detach(self) -> None:
+        """Stop new records; those already queued stay for a last poll()."""
+        if self._attached:
+            self._bpf.detach_tracepoint(tp=TRACEPOINT)
+            self._attached = False
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self.detach()
+            self._bpf.cleanup()
+            self._bpf = None
+
+
+def _explain(exc: Exception, doing: str) -> Exception:
+    """One line naming what failed; permission problems say which capabilities are needed."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    err = getattr(exc, "errno", None)
+    if err in (errno.EPERM, errno.EACCES) or "Operation not permitted" in text:
+        who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+        return PermissionError(
+            f"bcc backend: {doing} was refused for {who} ({text}): run as root or grant "
+            "CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (bcc needs it for tracefs)"
+        )
+    return RuntimeError(f"bcc backend: {doing} failed: {text}")
