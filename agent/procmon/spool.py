@@ -1,0 +1,249 @@
+"""The durable, bounded spool: serialized events wait here until the broker acknowledges them.
+
+SQLite in WAL mode with ``synchronous=NORMAL``: one transaction per appended batch, so an
+agent crash (SIGKILL, OOM) loses nothing that was appended; a power loss may lose the last
+commits. Rows are replayed in id order (AUTOINCREMENT keeps ids increasing even after the
+table empties, so a publisher's "sent up to id N" cursor stays valid) and deleted by id on
+PUBACK. When full, the oldest rows not yet handed to the publisher are dropped and counted.
+
+A spool file that SQLite cannot read is moved aside to ``<path>.corrupt-<unix time>`` and
+replaced by an empty one; the move is counted and logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("procmon.spool")
+
+SCHEMA_VERSION = 1
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+# SQLite keeps these next to the database; a stale WAL must never be applied to a new file.
+_SIDECARS = ("-wal", "-shm")
+
+
+class SpoolError(Exception):
+    """The spool cannot be used at all (locked by another agent, unwritable directory)."""
+
+
+@dataclass
+class SpoolCounters:
+    dropped_full: int = 0  # oldest events dropped to stay under max_events
+    dropped_error: int = 0  # events that could not be written (disk full, I/O error)
+    dropped_corrupt: int = 0  # events lost with a spool file that went bad while open
+    corrupt_files: int = 0  # spool files moved aside as unreadable
+    replayed: int = 0  # events found in the spool at open (left by an earlier run)
+
+
+class Spool:
+    """A FIFO of payloads on disk, safe to use from the probe and network threads."""
+
+    def __init__(self, path: Path, max_events: int) -> None:
+        self.path = path
+        self.max_events = max_events
+        self.counters = SpoolCounters()
+        self._lock = threading.Lock()
+        self._lock_file = self._take_ownership()
+        self._db = self._open_or_quarantine()
+        self._depth = self._count()
+        self.counters.replayed = self._depth
+        if self._depth:
+            log.info("spool %s holds %d events from an earlier run: replaying", path, self._depth)
+
+    # --- opening --------------------------------------------------------------------------
+
+    def _take_ownership(self) -> int:
+        """One agent per spool: two publishers on one file would double-send every event."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"spool {self.path}: cannot create: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolError(
+                f"spool {self.path} is in use by another procmon agent (spool.path must differ)"
+            ) from None
+        return fd
+
+    def _open_or_quarantine(self) -> sqlite3.Connection:
+        try:
+            return self._open()
+        except sqlite3.DatabaseError as exc:
+            self._quarantine(str(exc))
+        try:
+            return self._open()
+        except sqlite3.DatabaseError as exc:
+            raise SpoolError(f"spool {self.path}: cannot create a fresh spool: {exc}") from exc
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as f:
+                if f.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+                    raise sqlite3.DatabaseError("not an SQLite database (bad header)")
+        else:
+            # Events describe what ran on the host: readable by root only.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise sqlite3.DatabaseError(f"journal mode stays {mode!r}, WAL needed")
+            db.execute("PRAGMA synchronous=NORMAL")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(f"unknown spool schema version {version}")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS events ("
+                "id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL)"
+            )
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            # Reads every page: a truncated or scribbled file fails here, not mid-replay.
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _quarantine(self, reason: str) -> None:
+        """Move an unreadable spool (and its WAL) aside so the agent can keep going."""
+        suffix = f".corrupt-{int(time.time())}"
+        n = 0
+        while Path(f"{self.path}{suffix}").exists():  # two in one second: keep both
+            n += 1
+            suffix = f".corrupt-{int(time.time())}-{n}"
+        for extra in ("", *_SIDECARS):
+            src = Path(f"{self.path}{extra}")
+            if src.exists():
+                src.rename(f"{self.path}{suffix}{extra}")
+        self.counters.corrupt_files += 1
+        log.error(
+            "spool %s is unreadable (%s): moved aside to %s%s, starting an empty spool",
+            self.path,
+            reason,
+            self.path,
+            suffix,
+        )
+
+    def _count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    # --- use ------------------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Events in the spool, including those handed to the publisher but not yet acked."""
+        return self._depth
+
+    def append(self, payloads: Sequence[bytes], protect_upto: int = 0) -> int:
+        """Store a batch in one transaction; returns how many events were dropped for room.
+
+        Rows with id <= protect_upto are with the publisher already and are not dropped, so
+        a full spool may briefly exceed max_events by the publisher's in-flight window.
+        """
+        if not payloads:
+            return 0
+        with self._lock:
+            try:
+                return self._append(payloads, protect_upto)
+            except sqlite3.OperationalError as exc:  # disk full, I/O error, locked
+                self._rollback()
+                self.counters.dropped_error += len(payloads)
+                log.error("spool %s: cannot store %d events: %s", self.path, len(payloads), exc)
+                return 0
+            except sqlite3.DatabaseError as exc:  # the file went bad under us
+                self._rollback()
+                try:
+                    self._replace_corrupt(str(exc))
+                    return self._append(payloads, protect_upto)
+                except sqlite3.Error as again:
+                    self.counters.dropped_error += len(payloads)
+                    log.error("spool %s: cannot recover: %s", self.path, again)
+                    return 0
+
+    def _append(self, payloads: Sequence[bytes], protect_upto: int) -> int:
+        db = self._db
+        dropped = 0
+        db.execute("BEGIN IMMEDIATE")
+        overflow = self._depth + len(payloads) - self.max_events
+        if overflow > 0:
+            removed = db.execute(
+                "DELETE FROM events WHERE id IN "
+                "(SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?)",
+                (protect_upto, overflow),
+            ).rowcount
+            self._depth -= removed
+            dropped += removed
+            rest = min(overflow - removed, len(payloads))
+            if rest > 0:  # everything older is in flight: drop the oldest of this batch
+                payloads = payloads[rest:]
+                dropped += rest
+        db.executemany("INSERT INTO events (payload) VALUES (?)", ((p,) for p in payloads))
+        db.execute("COMMIT")
+        self._depth += len(payloads)
+        self.counters.dropped_full += dropped
+        return dropped
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
+    def _replace_corrupt(self, reason: str) -> None:
+        self.counters.dropped_corrupt += self._depth
+        self._db.close()
+        self._quarantine(reason)
+        self._db = self._open()
+        self._depth = 0
+
+    def read_after(self, after_id: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to limit (id, payload) rows with id > after_id, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, payload FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        return [(int(row_id), bytes(payload)) for row_id, payload in rows]
+
+    def ack(self, ids: Sequence[int]) -> int:
+        """Delete acknowledged rows; returns how many were still there."""
+        if not ids:
+            return 0
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                removed = db.executemany(
+                    "DELETE FROM events WHERE id = ?", ((i,) for i in ids)
+                ).rowcount
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                # The rows stay and are re-sent after a restart: a duplicate, never a loss.
+                self._rollback()
+                log.error("spool %s: cannot delete %d acked events: %s", self.path, len(ids), exc)
+                return 0
+            self._depth -= removed
+            return removed
+
+    def close(self) -> None:
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):  # a checkpoint only saves disk space
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+            if self._lock_file >= 0:
+                os.close(self._lock_file)
+                self._lock_file = -1
