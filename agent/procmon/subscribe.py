@@ -1,0 +1,328 @@
+"""`procmon subscribe`: validated ExitEvents from the bus as JSON lines, for log shippers.
+
+Every message is validated against ExitEvent. Bad ones (not JSON, wrong fields, another
+schema, over 1 MiB) are counted, reported on stderr (rate-limited) and skipped; the consumer
+keeps going. ``$share/<group>/<filter>`` splits one stream across consumers; ``dedup`` drops
+repeated event_ids (at-least-once delivery re-sends after outages) within a bounded window.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import FrameType
+from typing import Any, BinaryIO
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import ValidationError
+
+from procmon.broker_url import (
+    BrokerConfigError,
+    BrokerOptions,
+    ConnectionReporter,
+    describe_connect_error,
+    describe_refusal,
+)
+from procmon.event import SCHEMA_ID, ExitEvent
+
+log = logging.getLogger("procmon.subscribe")
+
+MAX_PAYLOAD = 1 << 20
+DEDUP_WINDOW = 100_000  # event ids remembered; re-deliveries come within minutes, not days
+SESSION_EXPIRY_S = 7 * 24 * 3600  # a named consumer's queue survives a week of downtime
+EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG = 0, 1, 2
+
+_to_json = ExitEvent.__pydantic_serializer__.to_json
+
+
+@dataclass
+class SubscribeCounters:
+    received: int = 0
+    written: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    oversized: int = 0
+    wrong_schema: int = 0
+
+    def summary(self) -> str:
+        parts = ", ".join(
+            f"{getattr(self, f.name)} {f.name.replace('_', ' ')}" for f in fields(self)
+        )
+        return f"procmon subscribe: {parts}"
+
+
+class RateLimitedLines:
+    """At most ``burst`` stderr lines per ``period`` seconds; the rest are counted."""
+
+    def __init__(self, burst: int = 10, period: float = 10.0) -> None:
+        self._burst = burst
+        self._period = period
+        self._window_start = time.monotonic()
+        self._printed = 0
+        self._suppressed = 0
+
+    def report(self, line: str) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= self._period:
+            self._window_start, self._printed = now, 0
+        if self._printed >= self._burst:
+            self._suppressed += 1
+            return
+        self._printed += 1
+        if self._suppressed:
+            line += f" ({self._suppressed} similar reports suppressed before this one)"
+            self._suppressed = 0
+        print(line, file=sys.stderr, flush=True)
+
+
+class ExitConsumer:
+    """Validates messages and writes accepted events as JSON lines."""
+
+    def __init__(self, out: BinaryIO, dedup: bool, dedup_window: int = DEDUP_WINDOW) -> None:
+        self.out = out
+        self.counters = SubscribeCounters()
+        self._dedup = dedup
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._dedup_window = dedup_window
+        self._problems = RateLimitedLines()
+
+    def handle(
+        self, topic: str, payload: bytes | bytearray, schema_property: str | None = None
+    ) -> bool:
+        """Returns True when the message was written out."""
+        c = self.counters
+        c.received += 1
+        if len(payload) > MAX_PAYLOAD:
+            c.oversized += 1
+            self._problems.report(f"skipped: {len(payload)}-byte message on {topic} (over 1 MiB)")
+            return False
+        if schema_property is not None and schema_property != SCHEMA_ID:
+            c.wrong_schema += 1
+            self._problems.report(f"skipped: message on {topic} has schema {schema_property!r}")
+            return False
+        try:
+            event = ExitEvent.model_validate_json(payload)
+        except ValidationError as exc:
+            self._reject(topic, len(payload), exc)
+            return False
+        if self._dedup and self._is_duplicate(event.event_id):
+            c.duplicates += 1
+            return False
+        self.out.write(_to_json(event) + b"\n")
+        self.out.flush()  # shippers tail the file: a line is only useful once it is there
+        c.written += 1
+        return True
+
+    def _reject(self, topic: str, size: int, exc: ValidationError) -> None:
+        first = exc.errors()[0]
+        if first["loc"] == ("schema",) and first["type"] == "literal_error":
+            self.counters.wrong_schema += 1
+            what = f"schema {first.get('input')!r} is not {SCHEMA_ID}"
+        else:
+            self.counters.invalid += 1
+            where = ".".join(str(p) for p in first["loc"]) or "message"
+            more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+            what = f"invalid event: {where}: {first['msg']}{more}"
+        self._problems.report(f"skipped: {size}-byte message on {topic}: {what}")
+
+    def _is_duplicate(self, event_id: str) -> bool:
+        seen = self._seen
+        if event_id in seen:
+            seen.move_to_end(event_id)
+            return True
+        seen[event_id] = None
+        if len(seen) > self._dedup_window:
+            seen.popitem(last=False)
+        return False
+
+
+def _schema_property(message: mqtt.MQTTMessage) -> str | None:
+    for key, value in getattr(message.properties, "UserProperty", None) or []:
+        if key == "schema":
+            return str(value)
+    return None
+
+
+class _Subscriber:
+    """The paho side: connect, (re)subscribe, hand messages to the consumer, stop on count."""
+
+    def __init__(
+        self,
+        options: BrokerOptions,
+        topic_filter: str,
+        consumer: ExitConsumer,
+        count: int | None,
+        client_id: str | None,
+        protocol: str,
+    ) -> None:
+        self.consumer = consumer
+        self.count = count
+        self.done = threading.Event()
+        self.failed: str | None = None
+        self._filter = topic_filter
+        self._v5 = protocol == "5"
+        self._reporter = ConnectionReporter(log, options.url, "retrying")
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or "",
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+            clean_session=None if self._v5 else client_id is None,
+            # Ack only what was written: messages left unhandled at exit stay queued.
+            manual_ack=True,
+        )
+        options.apply(self.client)
+        self.client.reconnect_delay_set(1, 10)
+        self.client.suppress_exceptions = True
+        self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+        props = None
+        if self._v5 and client_id:  # a named consumer keeps its queue while away
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self.client.connect_async(
+            options.url.host,
+            options.url.port,
+            keepalive=30,
+            clean_start=not client_id if self._v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            self._reporter.failed(describe_refusal(reason))
+            return
+        self._reporter.connected()
+        # Always (re)subscribe: a broker restarted without persistence forgot the session.
+        client.subscribe(self._filter, qos=1)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._reporter.failed(describe_connect_error(sys.exc_info()[1]))
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if not self.done.is_set():
+            self._reporter.lost(str(reason))
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:
+            self.failed = f"broker refused the subscription to {self._filter!r}: {refused[0]}"
+            self.done.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self.done.is_set():
+            return  # not acked: a persistent session gets it again next time
+        try:
+            self.consumer.handle(message.topic, message.payload, _schema_property(message))
+        except BrokenPipeError:  # the reader went away (`| head`)
+            self.done.set()
+            return
+        except Exception:
+            log.exception("cannot handle a message on %s", message.topic)
+            return
+        client.ack(message.mid, message.qos)  # written, or counted as bad: consumed
+        if self.count is not None and self.consumer.counters.written >= self.count:
+            self.done.set()
+
+
+def run_subscribe(
+    broker: str = "mqtt://127.0.0.1:1883",
+    topic_filter: str = "procmon/+/exits",
+    count: int | None = None,
+    timeout: float | None = None,
+    output: Path | None = None,
+    dedup: bool = False,
+    username: str | None = None,
+    password_file: Path | None = None,
+    ca_file: Path | None = None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    client_id: str | None = None,
+    protocol: str = "5",
+) -> int:
+    """Write validated events as JSON lines to ``output`` (appending) or stdout.
+
+    Stops after ``count`` events, ``timeout`` seconds, SIGINT or SIGTERM. ``client_id`` makes
+    a persistent session: the broker queues events while this consumer is away. Returns 0,
+    1 when ``count`` was not reached in time, 2 for bad options or a refused subscription.
+    """
+    try:
+        options = BrokerOptions.build(broker, username, password_file, ca_file, cert_file, key_file)
+    except BrokerConfigError as exc:
+        print(f"procmon subscribe: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        out: BinaryIO = open(output, "ab") if output else sys.stdout.buffer  # noqa: SIM115
+    except OSError as exc:
+        print(f"procmon subscribe: output {output}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    consumer = ExitConsumer(out, dedup)
+    sub = _Subscriber(options, topic_filter, consumer, count, client_id, protocol)
+    restore = _stop_on_signals(sub.done)
+    sub.client.loop_start()
+    try:
+        sub.done.wait(timeout)
+    finally:
+        sub.done.set()
+        sub.client.disconnect()
+        sub.client.loop_stop()
+        restore()
+        if output:
+            out.close()
+    print(consumer.counters.summary(), file=sys.stderr, flush=True)
+    if sub.failed:
+        print(f"procmon subscribe: {sub.failed}", file=sys.stderr)
+        return EXIT_CONFIG
+    if count is not None and consumer.counters.written < count:
+        return EXIT_INCOMPLETE
+    return EXIT_OK
+
+
+def _stop_on_signals(done: threading.Event) -> Callable[[], None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        return lambda: None
+
+    def restore() -> None:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+    return restore
