@@ -15,6 +15,7 @@ back from the compiled bytecode (``BPF.dump_func``), so nothing is loaded into t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import struct
@@ -120,49 +121,64 @@ _EXTRA: dict[int, tuple[int, int]] = {
 @dataclass(frozen=True)
 class _Type:
     kind: int
-    name: str
+    name_off: int
     size_or_type: int
-    members: tuple[tuple[str, int, int], ...]  # (name, type id, bit offset)
+    pos: int  # where its members start in the type section
+    vlen: int
+    kflag: int
 
 
 class Btf:
-    """The few things the guard needs from a BTF blob: struct layouts by name."""
+    """The few things the guard needs from a BTF blob: struct layouts by name.
+
+    vmlinux has over 100k types; only the header of each is decoded up front, members and
+    names on demand, which keeps start-up short on slow (emulated) machines.
+    """
 
     def __init__(self, data: bytes, origin: str = "BTF") -> None:
         if len(data) < 24 or struct.unpack_from("<H", data)[0] != 0xEB9F:
             raise GuardError(f"{origin}: not a BTF blob (bad magic)")
         hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<5I", data, 4)
-        types = data[hdr_len + type_off : hdr_len + type_off + type_len]
-        strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
-
-        def name_at(off: int) -> str:
-            return strings[off : strings.index(b"\0", off)].decode()
-
-        self.types: list[_Type | None] = [None]  # type ids start at 1
+        self._types_blob = data[hdr_len + type_off : hdr_len + type_off + type_len]
+        self._strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
+        self._pos = [-1]  # where each type starts; type ids start at 1
         self._structs: dict[str, int] = {}
-        pos = 0
-        while pos < len(types):
-            name_off, info, size_or_type = struct.unpack_from("<3I", types, pos)
-            kind, vlen, kflag = (info >> 24) & 0x1F, info & 0xFFFF, info >> 31
-            pos += 12
-            fixed, per_item = _EXTRA.get(kind, (0, 0))
-            members: list[tuple[str, int, int]] = []
-            if kind in (_KIND_STRUCT, _KIND_UNION):
-                for i in range(vlen):
-                    m_name, m_type, m_off = struct.unpack_from("<3I", types, pos + 12 * i)
-                    members.append((name_at(m_name), m_type, m_off & 0xFFFFFF if kflag else m_off))
-            name = name_at(name_off)
-            self.types.append(_Type(kind, name, size_or_type, tuple(members)))
-            if kind == _KIND_STRUCT and name:
-                self._structs.setdefault(name, len(self.types) - 1)
-            pos += fixed + per_item * vlen
+        types, unpack, extra, starts = self._types_blob, struct.unpack_from, _EXTRA, self._pos
+        pos, end = 0, len(types)
+        while pos < end:
+            name_off, info = unpack("<2I", types, pos)
+            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+            starts.append(pos)
+            if kind == _KIND_STRUCT and name_off:
+                self._structs.setdefault(self._name(name_off), len(starts) - 1)
+            fixed, per_item = extra.get(kind, (0, 0))
+            pos += 12 + fixed + per_item * vlen
+
+    def _type(self, type_id: int) -> _Type | None:
+        if not 0 < type_id < len(self._pos):
+            return None
+        pos = self._pos[type_id]
+        name_off, info, size_or_type = struct.unpack_from("<3I", self._types_blob, pos)
+        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+        return _Type(kind, name_off, size_or_type, pos + 12, vlen, info >> 31)
+
+    def _name(self, off: int) -> str:
+        return self._strings[off : self._strings.index(b"\0", off)].decode()
+
+    def _members(self, t: _Type) -> list[tuple[str, int, int]]:
+        """(name, type id, bit offset) of a struct or union's members."""
+        out = []
+        for i in range(t.vlen):
+            m_name, m_type, m_off = struct.unpack_from("<3I", self._types_blob, t.pos + 12 * i)
+            out.append((self._name(m_name), m_type, m_off & 0xFFFFFF if t.kflag else m_off))
+        return out
 
     @classmethod
     def from_file(cls, path: Path = BTF_PATH) -> Btf:
         return cls(path.read_bytes(), str(path))
 
     def _resolve(self, type_id: int) -> _Type:
-        t = self.types[type_id]
+        t = self._type(type_id)
         while t is not None and t.kind in (
             _KIND_TYPEDEF,
             _KIND_VOLATILE,
@@ -170,14 +186,14 @@ class Btf:
             _KIND_RESTRICT,
             _KIND_TYPE_TAG,
         ):
-            t = self.types[t.size_or_type]
+            t = self._type(t.size_or_type)
         if t is None:
             raise GuardError(f"BTF: type {type_id} does not resolve")
         return t
 
     def _member(self, t: _Type, name: str) -> tuple[int, int] | None:
         """(type id, bit offset) of a member, looking inside anonymous structs and unions."""
-        for m_name, m_type, m_off in t.members:
+        for m_name, m_type, m_off in self._members(t):
             if m_name == name:
                 return m_type, m_off
             if not m_name:
@@ -227,10 +243,12 @@ def check_offsets(headers: dict[str, int], btf_path: Path = BTF_PATH) -> str:
     problems = compare(headers, Btf.from_file(btf_path))
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        found = find_headers()
+        which = f" {found.path} ({found.release or 'version unknown'})" if found else ""
         raise GuardError(
-            f"bcc guard: kernel headers do not match the running kernel {os.uname().release}: "
-            f"{problems[0]}{more}; install the headers of this kernel "
-            "(linux-headers-$(uname -r)) or use the CO-RE backend"
+            f"bcc guard: kernel headers{which} do not match the running kernel "
+            f"{os.uname().release}: {problems[0]}{more}; install linux-headers-$(uname -r) "
+            "or use the CO-RE backend"
         )
     return f"{len(FIELDS)} field offsets match {btf_path}"
 
@@ -302,3 +320,51 @@ def guard(dump_func: Callable[[bytes], bytes], btf_path: Path = BTF_PATH) -> str
     if headers is None:
         raise GuardError(f"bcc guard: no kernel headers for {os.uname().release}")
     return check_release(headers)
+
+
+# --- procmon check --------------------------------------------------------------------------
+
+
+def bcc_check_lines(source: Path | None = None) -> list[tuple[str, bool, str]]:
+    """(item, ok, detail) for `procmon check`: does bcc import, are headers found, does the
+    guard pass. The guard compiles the probe's headers with bcc (a few seconds; root)."""
+    from procmon.probe import bcc  # here, not at the top: bcc.py imports this module
+
+    lines: list[tuple[str, bool, str]] = []
+    try:
+        bpf_cls = bcc.import_bcc()
+        spec = importlib.util.find_spec("bcc")
+        where = Path(str(spec.origin if spec else "?")).parent
+        lines.append(("bcc python module", True, f"imported from {where}"))
+    except ImportError as exc:
+        bpf_cls = None
+        lines.append(("bcc python module", False, str(exc)))
+
+    headers = find_headers()
+    if headers is None:
+        release = os.uname().release
+        detail = f"none for {release}: install linux-headers-{release} or set BCC_KERNEL_SOURCE"
+        lines.append(("kernel headers", False, detail))
+    else:
+        version = f" (UTS_RELEASE {headers.release})" if headers.release else ""
+        lines.append(("kernel headers", True, f"{headers.path} via {headers.how}{version}"))
+
+    if bpf_cls is None or headers is None:
+        lines.append(("bcc offset guard", False, "not run: needs bcc and kernel headers"))
+        return lines
+    try:
+        src = source or bcc.bundled_source()
+        module = bpf_cls(
+            text=src.read_text() + offset_functions(),
+            cflags=[f"-I{src.parent}", "-DPROCMON_OFFSETS_ONLY"],
+        )
+        try:
+            lines.append(("bcc offset guard", True, guard(module.dump_func)))
+        finally:
+            module.cleanup()
+    except GuardError as exc:
+        lines.append(("bcc offset guard", False, str(exc)))
+    except Exception as exc:  # bcc raises bare Exceptions; clang's errors went to stderr
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines.append(("bcc offset guard", False, f"could not compile the headers: {first}"))
+    return lines
