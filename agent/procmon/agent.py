@@ -90,6 +90,7 @@ class Agent:
         self._drops_before = 0  # kernel drops of probes replaced on reload
         # Cheap, likely-to-fail checks first: credentials and spool before attaching.
         options = _broker_options(cfg) if cfg.sinks.mqtt else None
+        self._options = options
         spool = Spool(cfg.spool.path, cfg.spool.max_events) if cfg.sinks.mqtt else None
         try:
             self.probe: Probe = open_probe(cfg.probe.backend, ProbeKnobs.from_config(cfg.probe))
@@ -215,10 +216,11 @@ class Agent:
         """Re-read the config; a bad one is logged and the running one kept."""
         try:
             new = load()
-            if new == self.cfg:
+            # Re-read credentials too: a rotated password file changes nothing in the config.
+            options = _broker_options(new) if new.sinks.mqtt else None
+            if new == self.cfg and options == self._options:
                 log.info("reload: configuration unchanged")
                 return
-            options = _broker_options(new) if new.sinks.mqtt else None
         except (ConfigError, BrokerConfigError) as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
@@ -241,12 +243,14 @@ class Agent:
             self._probe_live = True
         if new.host_id != old.host_id or _backend(self.probe) != self.builder.probe:
             self.builder = EventBuilder(new.host_id, _backend(self.probe))
-        mqtt_changed = (new.host_id, new.mqtt, new.spool, new.sinks.mqtt) != (
+        mqtt_changed = (new.host_id, new.mqtt, new.spool, new.sinks.mqtt, options) != (
             old.host_id,
             old.mqtt,
             old.spool,
             old.sinks.mqtt,
+            self._options,
         )
+        self._options = options
         if mqtt_changed and (self.mqtt is not None or new.sinks.mqtt):
             self._close_mqtt()
             if new.sinks.mqtt and options is not None:

@@ -242,6 +242,8 @@ class _Subscriber:
         if refused:
             self.failed = f"broker refused the subscription to {self._filter!r}: {refused[0]}"
             self.done.set()
+        else:
+            log.info("subscribed to %s", self._filter)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if self.done.is_set():

@@ -1,0 +1,178 @@
+"""`procmon subscribe`: validation, counting of bad messages, de-duplication, count/timeout,
+against a real mosquitto (and, for the consumer logic alone, without one)."""
+
+# ruff: noqa: F811 - pytest fixtures are imported, then named as test parameters
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mosquitto import Mosquitto
+from mqtt_fixtures import (  # noqa: F401 - broker, mosquitto_ready, subscribers: fixtures
+    PY,
+    SLOW,
+    SubscriberProcess,
+    broker,
+    mosquitto_ready,
+    publish_raw,
+    sample_event,
+    subscribers,
+    wait_until,
+)
+from procmon.subscribe import MAX_PAYLOAD, ExitConsumer, RateLimitedLines
+
+
+def event_json(n: int, host: str = "h1") -> bytes:
+    return bytes(sample_event(n, host).model_dump_json(), "utf-8")
+
+
+# --- the consumer alone --------------------------------------------------------------------
+
+
+def test_consumer_writes_valid_events_as_json_lines() -> None:
+    out = io.BytesIO()
+    consumer = ExitConsumer(out, dedup=False)
+    assert consumer.handle("procmon/h1/exits", event_json(1))
+    assert consumer.handle("procmon/h1/exits", event_json(2), "procmon.exit/v1")
+    lines = out.getvalue().splitlines()
+    assert [json.loads(line)["pid"] for line in lines] == [1, 2]
+    assert consumer.counters.written == 2
+
+
+@pytest.mark.parametrize(
+    ("payload", "schema_property", "counter"),
+    [
+        (b"not json", None, "invalid"),
+        (b'{"schema":"procmon.exit/v1","pid":1}', None, "invalid"),
+        (b'{"schema":"someone.else/v3","pid":1}', None, "wrong_schema"),
+        (b"{}", "someone.else/v3", "wrong_schema"),
+        (b"x" * (MAX_PAYLOAD + 1), None, "oversized"),
+    ],
+)
+def test_consumer_counts_and_skips_bad_messages(
+    payload: bytes, schema_property: str | None, counter: str, capsys: Any
+) -> None:
+    out = io.BytesIO()
+    consumer = ExitConsumer(out, dedup=False)
+    assert not consumer.handle("procmon/h1/exits", payload, schema_property)
+    assert getattr(consumer.counters, counter) == 1
+    assert consumer.counters.written == 0
+    assert out.getvalue() == b""
+    (line,) = capsys.readouterr().err.splitlines()  # one line naming topic and reason
+    assert "procmon/h1/exits" in line
+
+
+def test_consumer_dedup_window_is_bounded() -> None:
+    out = io.BytesIO()
+    consumer = ExitConsumer(out, dedup=True, dedup_window=3)
+    for n in (1, 2, 1, 3, 4, 5):  # the second 1 is a duplicate; then 1 leaves the window
+        consumer.handle("t", event_json(n))
+    consumer.handle("t", event_json(1))
+    assert consumer.counters.duplicates == 1
+    assert [json.loads(x)["pid"] for x in out.getvalue().splitlines()] == [1, 2, 3, 4, 5, 1]
+
+
+def test_problem_reports_are_rate_limited(capsys: Any) -> None:
+    lines = RateLimitedLines(burst=3, period=3600)
+    for i in range(10):
+        lines.report(f"problem {i}")
+    assert capsys.readouterr().err.splitlines() == ["problem 0", "problem 1", "problem 2"]
+
+
+# --- against a broker ----------------------------------------------------------------------
+
+
+def test_subscriber_validates_counts_and_keeps_going(
+    broker: Mosquitto, subscribers: Any, tmp_path: Path
+) -> None:
+    sub: SubscriberProcess = subscribers("s1", broker.url, topic_filter="procmon/+/exits")
+    publish_raw(
+        broker,
+        [
+            ("procmon/h1/exits", event_json(1), {"schema": "procmon.exit/v1"}),
+            ("procmon/h1/exits", b"{broken", None),
+            ("procmon/h1/exits", b"{}", {"schema": "procmon.exit/v2"}),
+            ("procmon/h1/exits", b"y" * (MAX_PAYLOAD + 10), None),
+            ("procmon/h2/exits", event_json(2, "h2"), None),
+            ("procmon/h1/exits", event_json(1), None),  # a re-delivery: kept without dedup
+        ],
+    )
+    wait_until(lambda: len(sub.events()) == 3, SLOW, "three valid events")
+    assert sub.stop() == 0
+    assert [e["pid"] for e in sub.events()] == [1, 2, 1]
+    err = sub.stderr()
+    assert err.count("skipped:") == 3
+    assert "0 duplicates, 1 invalid, 1 oversized, 1 wrong schema" in err
+    assert "6 received, 3 written" in err
+
+
+def test_dedup_count_and_exit_status(broker: Mosquitto, subscribers: Any) -> None:
+    sub = subscribers("s2", broker.url, topic_filter="procmon/+/exits", dedup=True, count=3)
+    publish_raw(broker, [("procmon/h1/exits", event_json(n), None) for n in (1, 1, 2, 2, 3)])
+    assert sub.proc.wait(timeout=SLOW) == 0  # stopped by itself at count=3
+    assert [e["pid"] for e in sub.events()] == [1, 2, 3]
+    assert "2 duplicates" in sub.stderr()
+
+
+def test_timeout_before_count_is_exit_status_1(broker: Mosquitto, subscribers: Any) -> None:
+    sub = subscribers("s3", broker.url, count=5, timeout=2)
+    assert sub.proc.wait(timeout=SLOW) == 1
+    assert "0 written" in sub.stderr()
+
+
+def test_persistent_consumer_gets_what_it_missed(broker: Mosquitto, subscribers: Any) -> None:
+    """A named consumer (client_id) keeps its queue on the broker while it is away."""
+    first = subscribers("p1", broker.url, client_id="procmon-test-consumer")
+    assert first.stop() == 0
+    publish_raw(broker, [("procmon/h1/exits", event_json(n), None) for n in (7, 8)])
+    again = subscribers("p2", broker.url, client_id="procmon-test-consumer", count=2)
+    assert again.proc.wait(timeout=SLOW) == 0
+    assert [e["pid"] for e in again.events()] == [7, 8]
+
+
+def test_cli_subscribe_writes_to_stdout(broker: Mosquitto, mosquitto_ready: None) -> None:
+    proc = subprocess.Popen(
+        [PY, "-m", "procmon.cli", "subscribe", "--broker", broker.url, "--count", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        # No "subscribed" line at the CLI's default log level: publish until it is seen.
+        wait_until(
+            lambda: (
+                publish_raw(broker, [("procmon/h9/exits", event_json(9, "h9"), None)])
+                or proc.poll() is not None
+            ),
+            SLOW,
+            "the CLI subscriber to take one event",
+        )
+        out, err = proc.communicate(timeout=SLOW)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert json.loads(out.splitlines()[0])["host"] == "h9"
+    assert b"1 written" in err
+
+
+def test_bad_options_are_one_line(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\n")
+    secret.chmod(0o644)
+    cmd = [PY, "-m", "procmon.cli", "subscribe", "--broker", "mqtt://127.0.0.1:1"]
+    cmd += ["--username", "u", "--password-file", str(secret)]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=SLOW,
+    )
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "readable by everyone" in line and str(secret) in line
+    assert "hunter2" not in proc.stderr + proc.stdout
