@@ -108,7 +108,7 @@ def compile_module(source: Path, flags: list[str]) -> Any:
         )
     text = source.read_text() + bcc_guard.offset_functions()
     try:
-        return bpf_cls(text=text, cflags=flags)
+        return bpf_cls(text=text.encode(), cflags=flags)
     except Exception as exc:  # bcc raises a bare Exception; clang's errors went to stderr
         raise _explain(exc, f"compiling {source} with bcc") from exc
 

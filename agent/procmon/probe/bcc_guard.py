@@ -355,7 +355,7 @@ def bcc_check_lines(source: Path | None = None) -> list[tuple[str, bool, str]]:
     try:
         src = source or bcc.bundled_source()
         module = bpf_cls(
-            text=src.read_text() + offset_functions(),
+            text=(src.read_text() + offset_functions()).encode(),
             cflags=[f"-I{src.parent}", "-DPROCMON_OFFSETS_ONLY"],
         )
         try:

@@ -1,0 +1,226 @@
+"""The bcc offset guard: BTF parsing, bytecode constants, and the real refusal on this host.
+
+The real case: this machine runs a 6.18 kernel with BTF; Debian's 6.1 headers (a merged tree of
+linux-headers-*-common and -amd64 passed as BCC_KERNEL_SOURCE) compile and attach but would
+read task_struct at the wrong offsets. The guard must refuse with one line naming the field and
+both offsets, before anything is attached.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, require
+from procmon.probe import ProbeKnobs, bcc_guard
+from procmon.probe.bcc_guard import Btf, GuardError
+
+BCC_SOURCE = REPO / "bpf/exit.bcc.c"
+
+# --- a tiny BTF blob built by hand ----------------------------------------------------------
+
+
+def _btf_blob() -> bytes:
+    """struct outer { int a; struct { long b; }; const inner_t in; } and
+    struct inner { int x; int y; }, with a typedef and a const in the way, like vmlinux's."""
+    strings = b"\0int\0long\0outer\0a\0b\0in\0inner\0x\0y\0inner_t\0"
+
+    def off(name: bytes) -> int:
+        return strings.index(b"\0" + name + b"\0") + 1
+
+    def t(name: int, kind: int, vlen: int, size_or_type: int, kflag: int = 0) -> bytes:
+        return struct.pack("<3I", name, kflag << 31 | kind << 24 | vlen, size_or_type)
+
+    def member(name: int, type_id: int, bits: int) -> bytes:
+        return struct.pack("<3I", name, type_id, bits)
+
+    types = b"".join(
+        [
+            t(off(b"int"), 1, 0, 4) + struct.pack("<I", 32),  # 1: int
+            t(off(b"long"), 1, 0, 8) + struct.pack("<I", 64),  # 2: long
+            t(0, 4, 1, 8) + member(off(b"b"), 2, 0),  # 3: anonymous struct { long b; }
+            t(off(b"inner"), 4, 2, 8)  # 4: struct inner
+            + member(off(b"x"), 1, 0)
+            + member(off(b"y"), 1, 32),
+            t(off(b"inner_t"), 8, 0, 4),  # 5: typedef struct inner inner_t
+            t(0, 10, 0, 5),  # 6: const inner_t
+            t(off(b"outer"), 4, 3, 32)  # 7: struct outer
+            + member(off(b"a"), 1, 0)
+            + member(0, 3, 64)
+            + member(off(b"in"), 6, 128),
+        ]
+    )
+    header = struct.pack("<HBBI4I", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return header + types + strings
+
+
+def test_btf_offsets_through_anonymous_members_and_typedefs() -> None:
+    btf = Btf(_btf_blob())
+    assert btf.offset("outer.a") == 0
+    assert btf.offset("outer.b") == 8  # inside the anonymous struct
+    assert btf.offset("outer.in") == 16
+    assert btf.offset("outer.in.y") == 20  # through const and typedef
+    assert btf.offset("sizeof inner") == 8
+    assert btf.offset("outer.nosuch") is None
+    assert btf.offset("nosuch.a") is None
+
+
+def test_btf_bad_magic_names_the_file() -> None:
+    with pytest.raises(GuardError, match=r"^/x/vmlinux: not a BTF blob"):
+        Btf(b"\0" * 32, "/x/vmlinux")
+
+
+def test_running_kernel_btf_has_every_field() -> None:
+    require(bcc_guard.BTF_PATH.exists(), f"needs {bcc_guard.BTF_PATH}")
+    btf = Btf.from_file()
+    missing = [f for f in bcc_guard.FIELDS if btf.offset(f) is None]
+    assert missing == []
+    assert btf.offset("sizeof upid") == 16
+
+
+# --- bytecode constants and comparison ------------------------------------------------------
+
+
+def _insn(op: int, regs: int = 0, imm: int = 0) -> bytes:
+    return struct.pack("<BBhi", op, regs, 0, imm)
+
+
+def test_return_constant_reads_mov64_and_mov32() -> None:
+    assert bcc_guard._return_constant(_insn(0xB7, imm=1164) + _insn(0x95), "f") == 1164
+    assert bcc_guard._return_constant(_insn(0xB4, imm=8) + _insn(0x95), "f") == 8
+    with pytest.raises(GuardError, match="cannot read the constant of f"):
+        bcc_guard._return_constant(_insn(0x79) + _insn(0x95), "f")
+
+
+def test_compare_names_field_and_both_offsets() -> None:
+    btf = Btf(_btf_blob())
+    saved = bcc_guard.FIELDS
+    try:
+        bcc_guard.FIELDS = ("outer.a", "outer.in.y", "outer.gone")
+        problems = bcc_guard.compare({"outer.a": 0, "outer.in.y": 24, "outer.gone": 4}, btf)
+    finally:
+        bcc_guard.FIELDS = saved
+    assert problems == [
+        "outer.in.y: offset 24 in the headers, 20 in the running kernel",
+        "outer.gone: in the headers at 4, absent from BTF",
+    ]
+
+
+def test_release_check_without_btf(tmp_path: Path) -> None:
+    (tmp_path / "include/generated").mkdir(parents=True)
+    (tmp_path / "include/generated/utsrelease.h").write_text(
+        '#define UTS_RELEASE "6.1.0-50-amd64"\n'
+    )
+    headers = bcc_guard.Headers(tmp_path, "BCC_KERNEL_SOURCE", bcc_guard.uts_release(tmp_path))
+    assert "6.1.0-50-amd64" in bcc_guard.check_release(headers, "6.1.0-50-amd64")
+    with pytest.raises(GuardError) as err:
+        bcc_guard.check_release(headers, "6.18.44")
+    assert str(err.value) == (
+        f"bcc guard: kernel headers in {tmp_path} are for 6.1.0-50-amd64, the running kernel "
+        "is 6.18.44; install linux-headers-6.18.44"
+    )
+    unknown = bcc_guard.Headers(tmp_path / "none", "BCC_KERNEL_SOURCE", None)
+    with pytest.raises(GuardError, match="cannot tell whether these headers match"):
+        bcc_guard.check_release(unknown, "6.18.44")
+
+
+def test_offset_functions_cover_every_field() -> None:
+    text = bcc_guard.offset_functions()
+    assert text.count("int procmon_off_") == len(bcc_guard.FIELDS)
+    assert "__builtin_offsetof(struct task_struct, se.sum_exec_runtime)" in text
+    assert "sizeof(struct upid)" in text
+
+
+def test_every_guarded_field_is_read_by_the_probe() -> None:
+    """FIELDS and the READs in exit.bcc.c must not drift apart."""
+    source = BCC_SOURCE.read_text()
+    for field in bcc_guard.FIELDS:
+        if field.startswith("sizeof "):
+            continue
+        last = field.split(".")[-1]
+        assert f"{last}" in source, f"{field} is guarded but exit.bcc.c never reads it"
+
+
+# --- the real refusal: Debian 6.1 headers on this host's kernel -----------------------------
+
+
+def _debian_61_headers() -> tuple[Path, Path] | None:
+    for common in sorted(Path("/usr/src").glob("linux-headers-6.1.*-common"), reverse=True):
+        arch = common.with_name(common.name.replace("-common", "-amd64"))
+        if arch.is_dir():
+            return common, arch
+    return None
+
+
+@pytest.fixture(scope="module")
+def foreign_headers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A merged 6.1 tree (symlinks, so it costs nothing) for a kernel that is not 6.1."""
+    require(os.geteuid() == 0, "needs root to compile and load with bcc")
+    require(bcc_guard.BTF_PATH.exists(), "needs a kernel with BTF")
+    require(not os.uname().release.startswith("6.1."), "needs a kernel other than 6.1")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        require(False, "needs python3-bpfcc (import bcc)")
+    found = _debian_61_headers()
+    require(found is not None, "needs Debian's 6.1 headers (apt-get install linux-headers-amd64)")
+    assert found is not None
+    merged = tmp_path_factory.mktemp("headers-6.1")
+    for tree in found:
+        subprocess.run(["cp", "-rsf", f"{tree}/.", f"{merged}/"], check=True)
+    yield merged
+    shutil.rmtree(merged, ignore_errors=True)
+
+
+def test_guard_refuses_foreign_headers(
+    foreign_headers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from procmon.probe.bcc import BccProbe
+
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", str(foreign_headers))
+    release = bcc_guard.uts_release(foreign_headers)
+    assert release and release.startswith("6.1.")
+    with pytest.raises(GuardError) as err:
+        BccProbe(ProbeKnobs(), source=BCC_SOURCE)
+    message = str(err.value)
+    assert "\n" not in message
+    # The first field the probe reads, with the headers' and the kernel's offsets.
+    kernel_tgid = Btf.from_file().offset("task_struct.tgid")
+    assert "task_struct.tgid: offset " in message
+    assert f"in the headers, {kernel_tgid} in the running kernel" in message
+    assert f"{foreign_headers} ({release})" in message
+    assert os.uname().release in message
+    # Refused before attaching: no procmon program is left in the kernel.
+    progs = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True)
+    assert "procmon_exit" not in progs.stdout
+
+
+def test_check_lines_report_the_refusal(
+    foreign_headers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", str(foreign_headers))
+    lines = bcc_guard.bcc_check_lines(source=BCC_SOURCE)
+    items = {item: (ok, detail) for item, ok, detail in lines}
+    assert items["bcc python module"][0]
+    release = bcc_guard.uts_release(foreign_headers)
+    assert items["kernel headers"] == (
+        True,
+        f"{foreign_headers} via BCC_KERNEL_SOURCE (UTS_RELEASE {release})",
+    )
+    ok, detail = items["bcc offset guard"]
+    assert not ok
+    assert "task_struct.tgid: offset" in detail
+
+
+def test_check_lines_without_headers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", str(tmp_path / "missing"))
+    lines = bcc_guard.bcc_check_lines(source=BCC_SOURCE)
+    items = {item: (ok, detail) for item, ok, detail in lines}
+    assert items["kernel headers"][0] is False
+    assert items["bcc offset guard"] == (False, "not run: needs bcc and kernel headers")
