@@ -35,7 +35,14 @@ $(VMLINUX):
 	@mkdir -p build
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@
 
-bpf: $(BPF_OBJ)
+# The bcc backend compiles its C text on the host at start-up: ship the source and the
+# record layout it shares with the CO-RE program.
+BCC_SRC := $(BPF_OUT)/exit.bcc.c $(BPF_OUT)/exit_record.h
+$(BPF_OUT)/%: bpf/%
+	@mkdir -p $(BPF_OUT)
+	cp $< $@
+
+bpf: $(BPF_OBJ) $(BCC_SRC)
 $(BPF_OBJ): bpf/exit.bpf.c bpf/exit_record.h $(VMLINUX)
 	@mkdir -p $(BPF_OUT)
 	clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -Ibuild -Ibpf -c $< -o $@.tmp
