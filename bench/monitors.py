@@ -251,8 +251,15 @@ class PipelineMonitor(Monitor):
     label = "procmon full pipeline"
     counted = True
 
-    def __init__(self, procmon: str, port: int, prefix: str = "procmon") -> None:
+    def __init__(
+        self,
+        procmon: str,
+        port: int,
+        prefix: str = "procmon",
+        options: dict[str, dict[str, str]] | None = None,
+    ) -> None:
         self.procmon = procmon
+        self.options = options or {}
         self.port = port
         self.prefix = prefix
         self.agent: Proc | None = None
@@ -292,14 +299,33 @@ class PipelineMonitor(Monitor):
         )
         self._wait_subscribed(base)
         config = workdir / "agent.toml"
-        config.write_text(
-            f'host_id = "{self.host_id}"\nlog_level = "warning"\nstats_interval_s = 10.0\n\n'
-            f'[mqtt]\nbroker = "mqtt://127.0.0.1:{self.port}"\nprefix = "{self.prefix}"\n\n'
-            f'[spool]\npath = "{workdir / "spool.db"}"\n'
-        )
+        config.write_text(self.agent_toml(workdir))
         self.agent = Proc(
             [self.procmon, "agent", "--config", str(config)], None, workdir / "agent.err"
         )
+
+    def agent_toml(self, workdir: Path) -> str:
+        """The agent's config: this broker, a spool in the session's directory, and any
+        --agent-option settings (TOML values, by table)."""
+        tables: dict[str, dict[str, str]] = {
+            "": {
+                "host_id": json.dumps(self.host_id),
+                "log_level": '"warning"',
+                "stats_interval_s": "10.0",
+            },
+            "mqtt": {
+                "broker": json.dumps(f"mqtt://127.0.0.1:{self.port}"),
+                "prefix": json.dumps(self.prefix),
+            },
+            "spool": {"path": json.dumps(str(workdir / "spool.db"))},
+        }
+        for table, values in self.options.items():
+            tables.setdefault(table, {}).update(values)
+        text = ""
+        for table, values in tables.items():
+            text += f"\n[{table}]\n" if table else ""
+            text += "".join(f"{key} = {value}\n" for key, value in values.items())
+        return text
 
     def _wait_subscribed(self, base: str) -> None:
         """Publish pings until the subscriber prints one (bounded)."""
