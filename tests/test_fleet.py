@@ -72,21 +72,37 @@ class PlayResult:
         return self.recap[host]["changed"]
 
 
+def _mqtt_client(ca_file: Path | None = None, auth: tuple[str, str] | None = None) -> Any:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    if ca_file is not None:
+        client.tls_set(ca_certs=str(ca_file))
+    if auth is not None:
+        client.username_pw_set(*auth)
+    return client
+
+
 class Broker:
     """A collecting MQTT client (paho) on the test's mosquitto."""
 
-    def __init__(self, port: int, topic: str) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
+    def __init__(
+        self,
+        port: int,
+        topic: str,
+        host: str = "127.0.0.1",
+        ca_file: Path | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        client = _mqtt_client(ca_file, auth)
         client.on_message = self._on_message
         client.on_subscribe = lambda *_args: self._subscribed.set()
         client.on_connect = lambda c, *_args: c.subscribe(topic, qos=1)
-        client.connect("127.0.0.1", port)
+        client.connect(host, port)
         client.loop_start()
         self._client = client
         if not self._subscribed.wait(10):
@@ -453,3 +469,99 @@ def test_state_absent_removes_everything(fleet: Fleet) -> None:
     # The other hosts are untouched.
     for host in ("fleet1", "fleet2"):
         assert fleet.unit_prop(host, "ActiveState") == "active"
+
+
+def _make_tls(directory: Path, server_ip: str) -> dict[str, str]:
+    """A throw-away CA and a server certificate for server_ip, as PEM text."""
+    directory.mkdir(parents=True, exist_ok=True)
+    d = str(directory)
+    (directory / "san.ext").write_text(f"subjectAltName=IP:{server_ip}\n")
+    for cmd in (
+        f"req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=procmon-test-ca "
+        f"-keyout {d}/ca.key -out {d}/ca.pem",
+        f"req -newkey rsa:2048 -nodes -subj /CN={server_ip} -keyout {d}/server.key "
+        f"-out {d}/server.csr",
+        f"x509 -req -in {d}/server.csr -CA {d}/ca.pem -CAkey {d}/ca.key -CAcreateserial "
+        f"-days 2 -out {d}/server.pem -extfile {d}/san.ext",
+    ):
+        _run(["openssl", *cmd.split()], timeout=60)
+    return {name: (directory / f"{name}.pem").read_text() for name in ("ca", "server")} | {
+        "key": (directory / "server.key").read_text()
+    }
+
+
+@pytest.mark.timeout(600)
+def test_broker_role_gives_each_host_only_its_own_prefix(fleet: Fleet) -> None:
+    """procmon_broker on fleet1 (TLS on 127.0.0.11): fleet2 may publish under procmon/fleet2/
+    only; a reader sees everything; a wrong password is refused. Idempotent too."""
+    _need(shutil.which("openssl") is not None, "openssl not installed")
+    tls = _make_tls(RUN_DIR / "tls", HOSTS["fleet1"])
+    port = _free_port()
+    inv = RUN_DIR / "inventory-broker"
+    (inv / "group_vars").mkdir(parents=True, exist_ok=True)
+    main_inv = fleet.inventory.read_text()
+    ssh_vars = main_inv[main_inv.index("[procmon_agents:vars]") :].replace(
+        "[procmon_agents:vars]", "[all:vars]"
+    )
+    (inv / "hosts.ini").write_text(
+        "[procmon_brokers]\nfleet1 ansible_host=127.0.0.11\n\n"
+        "[broker_test_agents]\n"
+        "fleet2 ansible_host=127.0.0.12 procmon_agent_mqtt_password=secret-fleet2\n"
+        "fleet3 ansible_host=127.0.0.13 procmon_agent_mqtt_password=secret-fleet3\n\n" + ssh_vars
+    )
+    (inv / "group_vars" / "procmon_brokers.yml").write_text(
+        json.dumps(
+            {
+                "procmon_broker_agents_group": "broker_test_agents",
+                "procmon_broker_bind_address": HOSTS["fleet1"],
+                "procmon_broker_tls_port": port,
+                "procmon_broker_ca_cert": tls["ca"],
+                "procmon_broker_server_cert": tls["server"],
+                "procmon_broker_server_key": tls["key"],
+                "procmon_broker_readers": [{"name": "dashboard", "password": "secret-dash"}],
+            }
+        )
+    )
+    plain = Fleet(fleet.port, inv / "hosts.ini", fleet.key, fleet.known_hosts, fleet.timings)
+    result = plain.playbook("--limit", "fleet1")
+    assert result.rc == 0, result.output[-6000:]
+    again = plain.playbook("--limit", "fleet1")
+    assert again.rc == 0 and again.changed("fleet1") == 0, again.output[-6000:]
+
+    ca = RUN_DIR / "tls" / "ca.pem"
+    reader = Broker(port, "procmon/#", HOSTS["fleet1"], ca, ("dashboard", "secret-dash"))
+    try:
+        pub = _mqtt_client(ca, ("fleet2", "secret-fleet2"))
+        pub.connect(HOSTS["fleet1"], port)
+        pub.loop_start()
+        for topic in ("procmon/fleet2/exits", "procmon/fleet3/exits", "other/fleet2"):
+            pub.publish(topic, topic.encode(), qos=1).wait_for_publish(10)
+        pub.publish("procmon/fleet2/status", b"last", qos=1).wait_for_publish(10)
+        pub.loop_stop()
+        pub.disconnect()
+        msgs = reader.wait_for(lambda m: any(t == "procmon/fleet2/status" for t, _, _ in m), 20)
+    finally:
+        reader.close()
+    assert [t for t, _, _ in msgs] == ["procmon/fleet2/exits", "procmon/fleet2/status"]
+
+    refused: list[Any] = []
+    bad = _mqtt_client(ca, ("fleet2", "wrong"))
+    bad.on_connect = lambda _c, _u, _f, reason, _p: refused.append(reason)
+    bad.connect(HOSTS["fleet1"], port)
+    bad.loop_start()
+    deadline = time.monotonic() + 10
+    while not refused and time.monotonic() < deadline:
+        time.sleep(0.1)
+    bad.loop_stop()
+    assert refused and refused[0].is_failure, refused
+
+
+@pytest.mark.timeout(600)
+def test_bcc_without_kernel_headers_fails_naming_the_package(fleet: Fleet) -> None:
+    """This kernel's headers are not in Debian's archive: the bcc path must say which package."""
+    kernel = fleet.ssh("fleet1", "uname -r").stdout.strip()
+    result = fleet.playbook("--limit", "fleet1", "-e", "procmon_agent_probe=bcc")
+    assert result.rc != 0
+    assert f"linux-headers-{kernel}" in result.output
+    assert "Explain the missing kernel headers" in result.output
+    assert fleet.unit_prop("fleet1", "ActiveState") == "active"

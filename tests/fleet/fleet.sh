@@ -128,6 +128,10 @@ prepare_host() {
     mv "$root"/tmp/keys/etc/ssh/ssh_host_* "$root/etc/ssh/"
     rm -rf "$root/tmp/keys"
     printf 'ListenAddress %s\n' "$addr" >"$root/etc/ssh/sshd_config.d/20-listen.conf"
+    # Like container images: packages do not start their services on install (Debian's mosquitto
+    # would otherwise grab 127.0.0.1:1883 in the shared network namespace); roles start them.
+    printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+    chmod 0755 "$root/usr/sbin/policy-rc.d"
     install -d -m 0700 "$root/root/.ssh"
     install -m 0600 "$RUN/id_ed25519.pub" "$root/root/.ssh/authorized_keys"
     # Known-hosts entry so the controller can verify the host key.
@@ -182,13 +186,14 @@ fleet_up() {
     [[ ! -e $RUN/hosts ]] || fleet_down
     mkdir -p "$RUN/hosts"
     trap 'log "up failed: tearing down"; fleet_down' ERR
+    trap 'log "interrupted: tearing down"; fleet_down; exit 130' INT TERM
     ssh-keygen -q -t ed25519 -N '' -C procmon-fleet -f "$RUN/id_ed25519" <<<y >/dev/null
     : >"$RUN/known_hosts"
     for ((i = 1; i <= NHOSTS; i++)); do prepare_host "$i"; done
     for ((i = 1; i <= NHOSTS; i++)); do start_host "$i"; done
     for ((i = 1; i <= NHOSTS; i++)); do wait_ssh "$i"; done
     write_inventory
-    trap - ERR
+    trap - ERR INT TERM
     log "fleet up: inventory $RUN/inventory/hosts.ini"
 }
 
@@ -212,7 +217,7 @@ remove_cgroups() {
 }
 
 fleet_down() {
-    trap - ERR
+    trap - ERR INT TERM
     local pidfile pid deadline dir
     # 1. Ask each container to power off (SIGTERM to nspawn), then wait.
     for pidfile in "$RUN"/hosts/*/nspawn.pid; do
