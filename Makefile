@@ -7,9 +7,10 @@ BPF_OUT := agent/procmon/probe/bpf
 BPF_OBJ := $(BPF_OUT)/exit.bpf.o
 VMLINUX := build/vmlinux.h
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
-	mosquitto mosquitto-clients make
+	mosquitto mosquitto-clients make gcc util-linux \
+	systemd-container debootstrap openssh-client openssl shellcheck
 
-.PHONY: setup apt venv bpf tracefs demo test lint schema clean
+.PHONY: setup apt venv bpf tracefs demo test lint schema clean fleet-test
 
 setup: apt venv bpf tracefs
 	$(PY) -m pip install -q -e '.[dev]'
@@ -59,6 +60,12 @@ lint:
 	$(VENV)/bin/ruff check agent tests bench
 	$(VENV)/bin/ruff format --check agent tests bench
 	$(VENV)/bin/mypy
+	cd ansible && ../$(VENV)/bin/ansible-lint --profile production
+	shellcheck tests/fleet/fleet.sh
+
+# Three systemd-nspawn hosts deployed with ansible/deploy.yml (also part of `make test`).
+fleet-test: setup
+	CI=$${CI:-} $(PY) -m pytest -m fleet -ra
 
 schema:
 	$(VENV)/bin/procmon schema > schemas/exit-event.v1.json
