@@ -126,6 +126,10 @@ class Mosquitto:
             "autosave_interval 1",
             # Queue without limit for offline persistent sessions (the default drops at 1000).
             "max_queued_messages 0",
+            # No in-flight cap (default 20, also sent to MQTT 5 clients as Receive Maximum):
+            # publishers keep a full window in flight, and messages go straight to each
+            # subscriber's socket instead of waiting in broker memory that a SIGKILL loses.
+            "max_inflight_messages 0",
             "log_dest stderr",
             "log_type error",
             "log_type warning",

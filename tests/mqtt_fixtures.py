@@ -110,8 +110,13 @@ class AgentProcess:
         host_id: str | None = None,
         env: dict[str, str] | None = None,
         config: str = "",
+        own_pid_namespace: bool = False,
     ) -> None:
         self.workdir = workdir
+        # In its own pid namespace with probe.pidns_scope, the agent reports only what runs
+        # there (see Storm.start): the shared machine's other exits stay out of the test.
+        self.own_pid_namespace = own_pid_namespace
+        self.pid = 0  # the agent's own (host) pid
         workdir.mkdir(parents=True, exist_ok=True)
         self.host_id = host_id or unique_host()
         self.broker_url = broker_url
@@ -129,6 +134,7 @@ class AgentProcess:
             "PROCMON_PROBE__EXCLUDE_SELF": "true",
             "NOTIFY_SOCKET": self.notify.name,
             "PYTHONUNBUFFERED": "1",
+            **({"PROCMON_PROBE__PIDNS_SCOPE": "true"} if own_pid_namespace else {}),
             **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -136,8 +142,15 @@ class AgentProcess:
     def start(self, wait_ready: bool = True) -> AgentProcess:
         cmd = [PY, "-m", "procmon.cli", "agent", "--config", str(self.config)]
         cmd += ["--broker", self.broker_url, "--host-id", self.host_id]
+        if self.own_pid_namespace:  # unshare forks the agent as pid 1 of a new namespace
+            cmd = ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", *cmd]
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=self.env, cwd=REPO)
+        self.pid = self.proc.pid
+        if self.own_pid_namespace:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+            wait_until(lambda: children.read_text().strip() != "", SLOW, "unshare's child")
+            self.pid = int(children.read_text().split()[0])
         if wait_ready:
             wait_until(self._ready_or_dead, SLOW, "the agent's READY=1")
             assert self.proc.poll() is None, f"agent exited at start:\n{self.stderr()}"
@@ -154,17 +167,19 @@ class AgentProcess:
         return self.stderr_path.read_text(errors="replace")
 
     def signal(self, signum: int) -> None:
+        """To the agent itself (not to unshare, which would not pass it on)."""
         assert self.proc is not None
-        self.proc.send_signal(signum)
+        if self.proc.poll() is None:
+            os.kill(self.pid, signum)
 
     def terminate(self, timeout: float = SLOW) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
+        self.signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)  # unshare exits with the agent's status
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.signal(signal.SIGKILL)
             self.proc.kill()
             self.proc.wait(timeout=SLOW)
 
@@ -209,7 +224,12 @@ class Collector:
     """An in-process MQTT v5 subscriber keeping every message (retained ones included)."""
 
     def __init__(
-        self, broker: Mosquitto, topics: list[str], tls: bool = False, session: str | None = None
+        self,
+        broker: Mosquitto,
+        topics: list[str],
+        tls: bool = False,
+        session: str | None = None,
+        login: tuple[str, str] | None = None,
     ) -> None:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
@@ -224,6 +244,8 @@ class Collector:
                 certfile=str(broker.tls.client_cert),
                 keyfile=str(broker.tls.client_key),
             )
+        if login:
+            self.client.username_pw_set(*login)
         self.client.reconnect_delay_set(1, 2)
         self.client.on_connect = lambda c, *_: c.subscribe([(t, 1) for t in topics])
         self.client.on_subscribe = lambda *_: self._subscribed.set()
@@ -337,21 +359,22 @@ class Storm:
         shutil.copy(forkstorm, self.binary)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, n: int, rate: float = 0) -> Storm:
-        self.proc = subprocess.Popen(
-            [str(self.binary), str(n), "1", str(rate)], stdout=subprocess.DEVNULL
-        )
+    def start(self, n: int, rate: float = 0, pid_namespace_of: int = 0) -> Storm:
+        """Fork n children (paced to rate/s if > 0), in the pid namespace of a process."""
+        cmd = [str(self.binary), str(n), "1", str(rate)]
+        if pid_namespace_of:
+            cmd = ["nsenter", "--target", str(pid_namespace_of), "--pid", "--", *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         return self
 
-    def children(self, events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """The storm's forked children (not the main process or its worker), by event_id."""
-        assert self.proc is not None
-        main = self.proc.pid
-        return {
-            e["event_id"]: e
-            for e in events
-            if e["comm"] == self.comm and e["pid"] != main and e["ppid"] != main
-        }
+    def children(
+        self, events: list[dict[str, Any]], context: list[dict[str, Any]] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """The storm's forked children, by event_id: its exits that forked nothing (the main
+        process and its worker are the parents of others, as seen in ``context``)."""
+        ours = [e for e in events if e["comm"] == self.comm]
+        parents = {e["ppid"] for e in (context or events) if e["comm"] == self.comm}
+        return {e["event_id"]: e for e in ours if e["pid"] not in parents}
 
     def main_seen(self, events: list[dict[str, Any]]) -> bool:
         """The main process exits last: once seen, every exit of the storm has been seen."""

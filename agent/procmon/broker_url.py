@@ -147,9 +147,9 @@ def describe_refusal(reason: ReasonCode | int) -> str:
     value = reason.value if isinstance(reason, ReasonCode) else int(reason)
     # 4/5 are MQTT 3.1.1 codes; 0x86/0x87 the MQTT 5 ones.
     if value in (4, 0x86):
-        return f"refused: {text} (check the username and password file)"
-    if value in (5, 0x87):
-        return f"refused: {text} (the broker does not authorize this client)"
+        return f"refused: {text} (check mqtt.username and the password file)"
+    if value in (5, 0x87):  # mosquitto answers a wrong password with this one too
+        return f"refused: {text} (check mqtt.username and the password file, or the broker's ACL)"
     return f"refused: {text}"
 
 
