@@ -10,7 +10,7 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	mosquitto mosquitto-clients make gcc util-linux \
 	systemd-container debootstrap openssh-client openssl shellcheck
 
-.PHONY: setup apt venv bpf tracefs demo test lint schema clean fleet-test
+.PHONY: setup apt venv bpf tracefs demo test lint schema clean fleet-test bench bench-quick
 
 setup: apt venv bpf tracefs
 	$(PY) -m pip install -q -e '.[dev]'
@@ -62,6 +62,16 @@ lint:
 	$(VENV)/bin/mypy
 	cd ansible && ../$(VENV)/bin/ansible-lint --profile production
 	shellcheck tests/fleet/fleet.sh
+
+# procmon against exitsnoop, bpftrace and forkstat: bench/results.md and bench/results.png.
+BENCH_APT := libbpf-tools bpftrace forkstat
+bench: setup build/.bench-apt-done
+	$(PY) bench/run.py
+bench-quick: setup build/.bench-apt-done
+	$(PY) bench/run.py --quick
+build/.bench-apt-done: build/.apt-done
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_APT)
+	@touch $@
 
 # Three systemd-nspawn hosts deployed with ansible/deploy.yml (also part of `make test`).
 fleet-test: setup

@@ -14,7 +14,10 @@ const volatile bool per_thread = false;   /* report every thread exit, not only 
 const volatile bool failed_only = false;  /* drop exits with status 0 and no signal */
 const volatile __u32 target_pidns = 0;    /* pid-namespace inode to scope to; 0 = all */
 const volatile __u32 self_tgid = 0;       /* the agent itself, never reported */
-const volatile __u64 wakeup_bytes = 32768;/* batch wakeups until this much is queued */
+const volatile __u64 wakeup_bytes = 32768;/* batch wakeups until this much is queued... */
+const volatile __u64 wakeup_ns = 10000000;/* ...or until the oldest unannounced record is this old */
+
+__u64 last_wakeup_ns; /* racy across CPUs on purpose: an extra wakeup is harmless */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -117,8 +120,15 @@ static __always_inline void emit(struct task_struct *task, bool process, __u32 c
 	}
 
 	count(PROCMON_CNT_EMITTED);
+	/* Batching keeps storms cheap; the time bound keeps a slow trickle from waiting
+	 * for userspace's poll timeout. */
 	queued = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	bpf_ringbuf_submit(rec, queued >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	if (queued >= wakeup_bytes || rec->ts_boot_ns - last_wakeup_ns >= wakeup_ns) {
+		last_wakeup_ns = rec->ts_boot_ns;
+		bpf_ringbuf_submit(rec, BPF_RB_FORCE_WAKEUP);
+	} else {
+		bpf_ringbuf_submit(rec, BPF_RB_NO_WAKEUP);
+	}
 }
 
 /* Every thread exit passes here; per_thread adds a thread record to the process record

@@ -52,6 +52,8 @@ class ProbeConfig(_Section):
     exclude_self: bool = True
     ring_size_kb: int = Field(default=4096, ge=64, le=1 << 20)
     wakeup_bytes: int = Field(default=32768, ge=0)
+    # Upper bound on how long a record may wait in the ring for a wakeup (latency vs CPU).
+    wakeup_latency_ms: int = Field(default=10, ge=0, le=5000)
     poll_interval_ms: int = Field(default=100, ge=1, le=5000)
 
 

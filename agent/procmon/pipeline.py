@@ -14,6 +14,8 @@ log = logging.getLogger("procmon.pipeline")
 
 # Re-anchor boot-time stamps to wall time about once a minute (NTP may slew the clock).
 _RESYNC_EVERY_POLLS = 600
+# A backlog of tens of thousands of records becomes events in slices, so memory stays flat.
+CHUNK = 512
 
 
 @dataclass
@@ -53,11 +55,12 @@ class Pipeline:
         if self.max_events is not None:
             raws = raws[: max(0, self.max_events - self.counters.events_seen)]
         build = self.builder.build
-        events = [build(raw) for raw in raws]
-        self.counters.events_seen += len(events)
-        for sink in self.sinks:
-            sink.emit(events)
-        return len(events)
+        for start in range(0, len(raws), CHUNK):
+            events = [build(raw) for raw in raws[start : start + CHUNK]]
+            self.counters.events_seen += len(events)
+            for sink in self.sinks:
+                sink.emit(events)
+        return len(raws)
 
     def done(self) -> bool:
         return self.max_events is not None and self.counters.events_seen >= self.max_events

@@ -19,6 +19,7 @@ class ProbeKnobs:
     target_pidns: int = 0  # 0: every pid namespace
     self_tgid: int = 0  # 0: report the agent's own exits too
     wakeup_bytes: int = 32768
+    wakeup_ns: int = 10_000_000
     ring_size_bytes: int = 4 << 20
 
     @classmethod
@@ -29,6 +30,7 @@ class ProbeKnobs:
             target_pidns=own_pidns_inode() if cfg.pidns_scope else 0,
             self_tgid=os.getpid() if cfg.exclude_self else 0,
             wakeup_bytes=cfg.wakeup_bytes,
+            wakeup_ns=cfg.wakeup_latency_ms * 1_000_000,
             ring_size_bytes=_power_of_two(cfg.ring_size_kb * 1024),
         )
 
@@ -40,6 +42,7 @@ class ProbeKnobs:
             "target_pidns": self.target_pidns,
             "self_tgid": self.self_tgid,
             "wakeup_bytes": self.wakeup_bytes,
+            "wakeup_ns": self.wakeup_ns,
         }
 
 
