@@ -144,14 +144,11 @@ def test_cli_subscribe_writes_to_stdout(broker: Mosquitto, mosquitto_ready: None
     )
     try:
         # No "subscribed" line at the CLI's default log level: publish until it is seen.
-        wait_until(
-            lambda: (
-                publish_raw(broker, [("procmon/h9/exits", event_json(9, "h9"), None)])
-                or proc.poll() is not None
-            ),
-            SLOW,
-            "the CLI subscriber to take one event",
-        )
+        def publish_and_check() -> bool:
+            publish_raw(broker, [("procmon/h9/exits", event_json(9, "h9"), None)])
+            return proc.poll() is not None
+
+        wait_until(publish_and_check, SLOW, "the CLI subscriber to take one event")
         out, err = proc.communicate(timeout=SLOW)
     finally:
         proc.kill()

@@ -53,7 +53,11 @@ class Spool:
         self.counters = SpoolCounters()
         self._lock = threading.Lock()
         self._lock_file = self._take_ownership()
-        self._db = self._open_or_quarantine()
+        try:
+            self._db = self._open_or_quarantine()
+        except BaseException:
+            os.close(self._lock_file)
+            raise
         self._depth = self._count()
         self.counters.replayed = self._depth
         if self._depth:

@@ -9,8 +9,10 @@ repeated event_ids (at-least-once delivery re-sends after outages) within a boun
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -147,6 +149,21 @@ class ExitConsumer:
         return False
 
 
+# Room for a few thousand events in our kernel buffer: while this consumer is stalled (a busy
+# host), the broker's copies wait there, not in broker memory that a broker crash would lose.
+RECEIVE_BUFFER = 8 << 20
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; missing from typeshed
+
+
+def _enlarge_receive_buffer(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    try:
+        # SO_RCVBUFFORCE passes net.core.rmem_max for root (CAP_NET_ADMIN); else best effort.
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+    except OSError:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+
+
 def _schema_property(message: mqtt.MQTTMessage) -> str | None:
     for key, value in getattr(message.properties, "UserProperty", None) or []:
         if key == "schema":
@@ -189,6 +206,7 @@ class _Subscriber:
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_socket_open = _enlarge_receive_buffer
         props = None
         if self._v5 and client_id:  # a named consumer keeps its queue while away
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
