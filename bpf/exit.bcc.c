@@ -245,16 +245,15 @@ static __always_inline int handle_exit(struct task_struct *task, bool group_dead
 	return 0;
 }
 
-/* Attached by procmon.probe.bcc only after the offset guard passed: a plain function taking
- * the tracepoint's struct (bcc generates it from tracefs), not TRACEPOINT_PROBE, whose
- * autoload would attach before the guard could refuse. */
-int procmon_exit(struct tracepoint__sched__sched_process_exit *args)
+/* The exit tracepoint's two arguments: the task (always current) and, on kernels whose
+ * tracepoint has it, group_dead. */
+static __always_inline int on_exit(int group_dead_arg)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	bool group_dead;
 
 #ifdef PROCMON_TP_GROUP_DEAD
-	group_dead = args->group_dead;
+	group_dead = group_dead_arg;
 #else
 	/* Older kernels: two threads dying together can both see live == 0; the one
 	 * that loses first_report() is a plain thread exit. */
@@ -268,6 +267,31 @@ int procmon_exit(struct tracepoint__sched__sched_process_exit *args)
 	group_dead = live == 0 && first_report(sig, leader);
 #endif
 	return handle_exit(task, group_dead);
+}
+
+/* Both entry points are attached by procmon.probe.bcc only after the offset guard passed
+ * (not TRACEPOINT_PROBE, whose autoload would attach before the guard could refuse).
+ *
+ * Preferred: the raw tracepoint (4.17+), attached through bpf() alone. A classic tracepoint
+ * is attached through perf_event_open(), which Debian's kernels (perf_event_paranoid=3)
+ * allow only with CAP_SYS_ADMIN, not with CAP_PERFMON. */
+int procmon_exit_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+#ifdef PROCMON_TP_GROUP_DEAD
+	return on_exit((int)ctx->args[1]);
+#else
+	return on_exit(0);
+#endif
+}
+
+/* Fallback: the classic tracepoint; bcc generates its struct from tracefs. */
+int procmon_exit(struct tracepoint__sched__sched_process_exit *args)
+{
+#ifdef PROCMON_TP_GROUP_DEAD
+	return on_exit(args->group_dead);
+#else
+	return on_exit(0);
+#endif
 }
 
 #endif /* PROCMON_OFFSETS_ONLY */

@@ -233,7 +233,12 @@ def _deploy(vm: Vm, tmp: Path) -> str:
         text=True,
         timeout=1200,
     )
-    assert proc.returncode == 0, f"ansible-playbook failed:\n{proc.stdout[-4000:]}{proc.stderr}"
+    if proc.returncode != 0:
+        journal = vm.ssh("journalctl -u procmon-agent -o cat --no-pager | tail -20", check=False)
+        raise AssertionError(
+            f"ansible-playbook failed:\n{proc.stdout[-3000:]}{proc.stderr}\n"
+            f"agent journal:\n{journal}"
+        )
     return f"{time.monotonic() - started:.1f} s"
 
 

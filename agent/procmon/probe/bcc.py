@@ -24,8 +24,10 @@ from procmon.probe.record import COUNTER_DROPPED, COUNTER_EMITTED, RawExit, deco
 
 log = logging.getLogger("procmon.probe")
 
-TRACEPOINT = "sched:sched_process_exit"
-FUNCTION = "procmon_exit"
+# Preferred first: the raw tracepoint attaches with CAP_BPF + CAP_PERFMON; the classic one
+# goes through perf_event_open, which Debian kernels restrict to CAP_SYS_ADMIN.
+RAW_TRACEPOINT = ("sched_process_exit", "procmon_exit_raw")
+TRACEPOINT = ("sched:sched_process_exit", "procmon_exit")
 _TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
 
@@ -78,7 +80,7 @@ def cflags(
         f"-DPROCMON_TARGET_PIDNS={knobs.target_pidns}U",
         f"-DPROCMON_SELF_TGID={knobs.self_tgid}U",
         f"-DPROCMON_WAKEUP_BYTES={per_cpu_wakeup}ULL",
-        f"-DPROCMON_RING_PAGES={max(1, knobs.ring_size_bytes // 4096)}",
+        f"-DPROCMON_RING_PAGES={max(1, knobs.ring_size_bytes // os.sysconf('SC_PAGE_SIZE'))}",
     ]
     if group_dead:
         flags.append("-DPROCMON_TP_GROUP_DEAD")
@@ -123,7 +125,7 @@ class BccProbe:
         self._knobs = knobs
         self._source = source or bundled_source()
         self._pending: list[RawExit] = []
-        self._attached = False
+        self._attached = ""  # "raw" or "tracepoint" once attached
         group_dead = tracepoint_has_group_dead()
         self._bpf = compile_module(self._source, cflags(knobs, self._source.parent, group_dead))
         try:
@@ -131,17 +133,12 @@ class BccProbe:
             # Refuse before attaching: wrong offsets would yield plausible garbage.
             self.guard_summary = bcc_guard.guard(self._bpf.dump_func)
             log.info("bcc guard: %s", self.guard_summary)
-            try:
-                self._bpf.attach_tracepoint(tp=TRACEPOINT, fn_name=FUNCTION)
-            except Exception as exc:
-                raise _explain(exc, f"attaching {FUNCTION} to {TRACEPOINT}") from exc
-            self._attached = True
+            self._attach()
             self._bpf["events"].open_ring_buffer(self._on_sample)
             self._counters = self._bpf["counters"]
         except BaseException:
             self.close()
             raise
-        self.program = f"bcc:{FUNCTION}"
         self.attach_seconds = time.monotonic() - started
         log.info(
             "attached %s in %.3f s (compile %.3f s)",
@@ -149,6 +146,23 @@ class BccProbe:
             self.attach_seconds,
             self.compile_seconds,
         )
+
+    def _attach(self) -> None:
+        tp, fn = RAW_TRACEPOINT
+        try:
+            self._bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+            self._attached = "raw"
+            self.program = f"bcc:{fn}"
+            return
+        except Exception as exc:  # bcc raises bare Exceptions
+            log.info("raw tracepoint %s did not attach (%s); trying the tracepoint", tp, exc)
+        tp, fn = TRACEPOINT
+        try:
+            self._bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+        except Exception as exc:
+            raise _explain(exc, f"attaching {fn} to {tp}") from exc
+        self._attached = "tracepoint"
+        self.program = f"bcc:{fn}"
 
     def _on_sample(self, _ctx: Any, data: Any, size: int) -> int:
         # Runs inside libbcc's ring-buffer callback: must never raise.
@@ -181,9 +195,11 @@ class BccProbe:
 
     def detach(self) -> None:
         """Stop new records; those already queued stay for a last poll()."""
-        if self._attached:
-            self._bpf.detach_tracepoint(tp=TRACEPOINT)
-            self._attached = False
+        if self._attached == "raw":
+            self._bpf.detach_raw_tracepoint(tp=RAW_TRACEPOINT[0].encode())
+        elif self._attached == "tracepoint":
+            self._bpf.detach_tracepoint(tp=TRACEPOINT[0].encode())
+        self._attached = ""
 
     def close(self) -> None:
         if self._bpf is not None:
