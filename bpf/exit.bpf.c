@@ -13,7 +13,8 @@
 const volatile bool per_thread = false;   /* report every thread exit, not only group ends */
 const volatile bool failed_only = false;  /* drop exits with status 0 and no signal */
 const volatile __u32 target_pidns = 0;    /* pid-namespace inode to scope to; 0 = all */
-const volatile __u32 self_tgid = 0;       /* the agent itself, never reported */
+const volatile __u32 self_tgid = 0;       /* the agent itself, never reported: its pid... */
+const volatile __u32 self_pidns = 0;      /* ...as seen in its own pid namespace (containers) */
 const volatile __u64 wakeup_bytes = 32768;/* batch wakeups until this much is queued... */
 const volatile __u64 wakeup_ns = 10000000;/* ...or until the oldest unannounced record is this old */
 
@@ -140,10 +141,10 @@ static __always_inline int handle_exit(bool group_dead)
 
 	if (!per_thread && !group_dead)
 		return 0;
-	if (self_tgid && task->tgid == self_tgid)
-		return 0;
 	pid_ns_of(task->group_leader, &pidns, &ns_pid);
 	if (target_pidns && pidns != target_pidns)
+		return 0;
+	if (self_tgid && ns_pid == self_tgid && pidns == self_pidns)
 		return 0;
 
 	if (per_thread) {

@@ -102,11 +102,33 @@ def test_failed_only_skips_success(collect: Callable[..., Collector]) -> None:
 def test_self_exclusion(collect: Callable[..., Collector]) -> None:
     """A probe excluding a tgid never reports that process."""
     proc = subprocess.Popen(["sleep", "0.2"])
-    c = collect(self_tgid=proc.pid)
+    c = collect(self_tgid=proc.pid, self_pidns=os.stat("/proc/self/ns/pid").st_ino)
     other = exit_cases.exit_code_3()
     proc.wait()
     c.poll_until(lambda evs: any(e.pid == other.pid for e in evs))
     assert c.of_pid(proc.pid) == []
+
+
+def test_self_exclusion_inside_a_pid_namespace(collect: Callable[..., Collector]) -> None:
+    """An agent in a container knows itself only by its namespace-local pid."""
+    unshare = subprocess.Popen(["unshare", "--pid", "--fork", "sh", "-c", "sleep 1; exit 5"])
+    inner = _child_of(unshare.pid)
+    inner_ns = os.stat(f"/proc/{inner}/ns/pid").st_ino
+    c = collect(self_tgid=1, self_pidns=inner_ns)  # the inner shell is pid 1 there
+    assert unshare.wait(timeout=30) == 5
+    c.poll_until(lambda evs: any(e.pid == unshare.pid for e in evs))
+    assert c.of_pid(unshare.pid), "the same pid number in another namespace is reported"
+    assert c.of_pid(inner) == []
+
+
+def _child_of(pid: int, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} started no child")
 
 
 def test_pidns_scope_excludes_other_namespaces(collect: Callable[..., Collector]) -> None:

@@ -132,6 +132,8 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         ca_file=args.ca_file,
         cert_file=args.cert_file,
         key_file=args.key_file,
+        client_id=args.client_id,
+        protocol=args.protocol,
     )
 
 
@@ -211,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     subscribe.add_argument("--timeout", type=float, help="exit after S seconds")
     subscribe.add_argument("--output", type=Path, help="append JSON lines here (default stdout)")
     subscribe.add_argument("--dedup", action="store_true", help="drop repeated event_ids")
+    subscribe.add_argument(
+        "--client-id", help="a persistent session: the broker keeps events while you are away"
+    )
+    subscribe.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
     _add_auth(subscribe)
     subscribe.set_defaults(func=cmd_subscribe)
 

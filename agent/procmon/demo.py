@@ -48,6 +48,9 @@ def main() -> int:
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
         "log_dest stderr\nlog_type error\nuser root\n"
+        # mosquitto's defaults cap MQTT 5 clients at 20 unacknowledged messages and drop
+        # queued messages past 1000: both throttle or lose a busy agent's stream.
+        "max_inflight_messages 0\nmax_queued_messages 0\n"
     )
     broker_url = f"mqtt://127.0.0.1:{port}"
     procmon = [sys.executable, "-m", "procmon.cli"]

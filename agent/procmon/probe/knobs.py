@@ -17,7 +17,10 @@ class ProbeKnobs:
     per_thread: bool = False
     failed_only: bool = False
     target_pidns: int = 0  # 0: every pid namespace
-    self_tgid: int = 0  # 0: report the agent's own exits too
+    # The agent's own pid as it sees it, and its pid namespace: inside a container getpid()
+    # is not the host tgid, so the probe matches the pair. self_tgid 0 reports the agent too.
+    self_tgid: int = 0
+    self_pidns: int = 0
     wakeup_bytes: int = 32768
     wakeup_ns: int = 10_000_000
     ring_size_bytes: int = 4 << 20
@@ -29,6 +32,7 @@ class ProbeKnobs:
             failed_only=cfg.failed_only,
             target_pidns=own_pidns_inode() if cfg.pidns_scope else 0,
             self_tgid=os.getpid() if cfg.exclude_self else 0,
+            self_pidns=own_pidns_inode(),
             wakeup_bytes=cfg.wakeup_bytes,
             wakeup_ns=cfg.wakeup_latency_ms * 1_000_000,
             ring_size_bytes=_power_of_two(cfg.ring_size_kb * 1024),
@@ -41,6 +45,7 @@ class ProbeKnobs:
             "failed_only": int(self.failed_only),
             "target_pidns": self.target_pidns,
             "self_tgid": self.self_tgid,
+            "self_pidns": self.self_pidns,
             "wakeup_bytes": self.wakeup_bytes,
             "wakeup_ns": self.wakeup_ns,
         }
