@@ -15,9 +15,11 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 setup: apt venv bpf tracefs
 	$(PY) -m pip install -q -e '.[dev]'
 
-# Classic tracepoints (the probe's fallback) need tracefs; systemd hosts mount it already.
+# Classic tracepoints (the probe's fallback) need tracefs, pinned probes bpffs; systemd
+# hosts mount both already.
 tracefs:
 	mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
+	mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 
 apt: build/.apt-done
 build/.apt-done:

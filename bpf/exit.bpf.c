@@ -13,8 +13,6 @@
 const volatile bool per_thread = false;   /* report every thread exit, not only group ends */
 const volatile bool failed_only = false;  /* drop exits with status 0 and no signal */
 const volatile __u32 target_pidns = 0;    /* pid-namespace inode to scope to; 0 = all */
-const volatile __u32 self_tgid = 0;       /* the agent itself, never reported: its pid... */
-const volatile __u32 self_pidns = 0;      /* ...as seen in its own pid namespace (containers) */
 const volatile __u64 wakeup_bytes = 32768;/* batch wakeups until this much is queued... */
 const volatile __u64 wakeup_ns = 10000000;/* ...or until the oldest unannounced record is this old */
 
@@ -24,6 +22,20 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 << 20); /* userspace resizes before load */
 } events SEC(".maps");
+
+/* The agent itself, never reported: its pid as seen in its own pid namespace (containers)
+ * and that namespace. A map, not a knob: a pinned probe outlives the agent that set it. */
+struct self_id {
+	__u32 tgid;
+	__u32 pidns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct self_id);
+} self_id SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -137,14 +149,16 @@ static __always_inline void emit(struct task_struct *task, bool process, __u32 c
 static __always_inline int handle_exit(bool group_dead)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
-	__u32 pidns, ns_pid, code;
+	__u32 pidns, ns_pid, code, zero = 0;
+	struct self_id *self;
 
 	if (!per_thread && !group_dead)
 		return 0;
 	pid_ns_of(task->group_leader, &pidns, &ns_pid);
 	if (target_pidns && pidns != target_pidns)
 		return 0;
-	if (self_tgid && ns_pid == self_tgid && pidns == self_pidns)
+	self = bpf_map_lookup_elem(&self_id, &zero);
+	if (self && self->tgid && ns_pid == self->tgid && pidns == self->pidns)
 		return 0;
 
 	if (per_thread) {

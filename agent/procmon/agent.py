@@ -93,7 +93,9 @@ class Agent:
         self._options = options
         spool = Spool(cfg.spool.path, cfg.spool.max_events) if cfg.sinks.mqtt else None
         try:
-            self.probe: Probe = open_probe(cfg.probe.backend, ProbeKnobs.from_config(cfg.probe))
+            self.probe: Probe = open_probe(
+                cfg.probe.backend, ProbeKnobs.from_config(cfg.probe), cfg.probe.pin_dir
+            )
         except BaseException:
             if spool is not None:
                 spool.close()
@@ -237,7 +239,9 @@ class Agent:
         if new.probe != old.probe:
             # Attach the new probe before dropping the old one: a short overlap gives
             # duplicates (same event_id), a gap would lose exits.
-            probe = open_probe(new.probe.backend, ProbeKnobs.from_config(new.probe))
+            probe = open_probe(
+                new.probe.backend, ProbeKnobs.from_config(new.probe), new.probe.pin_dir
+            )
             self._drain_probe()
             self.probe = probe
             self._probe_live = True

@@ -55,6 +55,9 @@ class ProbeConfig(_Section):
     # Upper bound on how long a record may wait in the ring for a wakeup (latency vs CPU).
     wakeup_latency_ms: int = Field(default=10, ge=0, le=5000)
     poll_interval_ms: int = Field(default=100, ge=1, le=5000)
+    # bpffs directory (e.g. /sys/fs/bpf/procmon) where the CO-RE probe stays attached across
+    # agent restarts, so exits during a restart wait in the ring. None: detach on exit.
+    pin_dir: Path | None = None
 
 
 class MqttConfig(_Section):

@@ -7,6 +7,7 @@ records; procmon.event turns them into ExitEvents.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Protocol
 
 from procmon.probe.knobs import ProbeKnobs
@@ -34,12 +35,13 @@ def choose_backend(requested: str) -> str:
     return "core" if os.path.exists(BTF_PATH) else "bcc"
 
 
-def open_probe(backend: str, knobs: ProbeKnobs) -> Probe:
+def open_probe(backend: str, knobs: ProbeKnobs, pin_dir: Path | None = None) -> Probe:
+    """pin_dir (CO-RE only) keeps the probe attached across agent restarts."""
     chosen = choose_backend(backend)
     if chosen == "core":
         from procmon.probe.core import CoreProbe
 
-        return CoreProbe(knobs)
+        return CoreProbe(knobs, pin_dir=pin_dir)
     from procmon.probe.bcc import BccProbe
 
     return BccProbe(knobs)

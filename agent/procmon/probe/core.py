@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import os
 import struct
@@ -12,7 +13,13 @@ from pathlib import Path
 
 from procmon.probe import libbpf
 from procmon.probe.knobs import ProbeKnobs
-from procmon.probe.record import COUNTER_DROPPED, COUNTER_EMITTED, RawExit, decode
+from procmon.probe.record import (
+    COUNTER_DROPPED,
+    COUNTER_EMITTED,
+    RECORD_VERSION,
+    RawExit,
+    decode,
+)
 
 log = logging.getLogger("procmon.probe")
 
@@ -30,11 +37,19 @@ def bundled_object() -> Path:
 
 
 class CoreProbe:
-    """Open, configure, load and attach the probe; poll() returns decoded records."""
+    """Open, configure, load and attach the probe; poll() returns decoded records.
+
+    With ``pin_dir`` the ring buffer, the counters and the attach link are pinned in bpffs:
+    the probe keeps filling the ring while the agent restarts, and the next agent with the
+    same object and knobs drains what queued meanwhile. Different pins (an upgrade that
+    changed the record layout or the knobs) are removed and replaced.
+    """
 
     backend = "core"
 
-    def __init__(self, knobs: ProbeKnobs, obj_path: Path | None = None) -> None:
+    def __init__(
+        self, knobs: ProbeKnobs, obj_path: Path | None = None, pin_dir: Path | None = None
+    ) -> None:
         self._bpf = libbpf.lib()
         self._path = obj_path or bundled_object()
         self._knobs = knobs
@@ -43,6 +58,20 @@ class CoreProbe:
         self._ring = 0
         self._pending: list[RawExit] = []
         self._started = time.monotonic()
+        self._pins = pin_dir / _pin_tag(self._path, knobs) if pin_dir else None
+        self.reused_pins = False
+        if self._pins is not None and (self._pins / "link").exists():
+            self._reuse_pins(self._pins)
+        else:
+            self._load_fresh()
+        self._set_self_id()
+        self._open_ring()
+        self.attach_seconds = time.monotonic() - self._started
+        log.info("attached %s in %.3f s", self.program, self.attach_seconds)
+
+    # --- set-up -------------------------------------------------------------------------
+
+    def _load_fresh(self) -> None:
         last_error: libbpf.LibbpfError | None = None
         for program in PROGRAMS:
             try:
@@ -55,10 +84,11 @@ class CoreProbe:
                 self._close_object()
         else:
             raise _explain(last_error)
-        self.attach_seconds = time.monotonic() - self._started
-        log.info("attached %s in %.3f s", self.program, self.attach_seconds)
-
-    # --- set-up -------------------------------------------------------------------------
+        self._ring_fd = self._bpf.bpf_map__fd(self._map(b"events"))
+        self._counters_fd = self._bpf.bpf_map__fd(self._map(b"counters"))
+        self._self_fd = self._bpf.bpf_map__fd(self._map(b"self_id"))
+        if self._pins is not None:
+            self._pin(self._pins)
 
     def _load_and_attach(self, program: bytes) -> None:
         bpf = self._bpf
@@ -72,9 +102,9 @@ class CoreProbe:
             )
             bpf.bpf_program__set_autoload(prog, name == program)
         self._set_knobs()
-        events = self._map(b"events")
         libbpf.check_rc(
-            bpf.bpf_map__set_max_entries(events, self._knobs.ring_size_bytes), "sizing ring"
+            bpf.bpf_map__set_max_entries(self._map(b"events"), self._knobs.ring_size_bytes),
+            "sizing ring",
         )
         libbpf.check_rc(bpf.bpf_object__load(self._obj), "loading the BPF object")
         prog = bpf.bpf_object__find_program_by_name(self._obj, program)
@@ -82,16 +112,62 @@ class CoreProbe:
         self._links.append(
             libbpf.check_ptr(bpf.bpf_program__attach(prog), f"attaching {program.decode()}")
         )
+
+    def _pin(self, pins: Path) -> None:
+        """Pin maps and link; on failure run unpinned (a restart then loses its gap)."""
+        try:
+            _remove_stale_pins(pins.parent, keep=pins.name)
+            _remove_pins(pins)  # an incomplete set (no link) from an interrupted start
+            pins.mkdir(parents=True)
+            for name in (b"events", b"counters", b"self_id"):
+                libbpf.check_rc(
+                    self._bpf.bpf_map__pin(self._map(name), str(pins / name.decode()).encode()),
+                    f"pinning map {name.decode()}",
+                )
+            # The link last: its presence marks a complete set of pins.
+            libbpf.check_rc(
+                self._bpf.bpf_link__pin(self._links[0], str(pins / "link").encode()),
+                "pinning the link",
+            )
+        except (OSError, libbpf.LibbpfError) as exc:
+            log.warning("cannot pin the probe under %s (%s): running unpinned", pins, exc)
+            _remove_pins(pins)
+
+    def _reuse_pins(self, pins: Path) -> None:
+        """Adopt a probe a previous agent left attached: no load, nothing lost in between."""
+        bpf = self._bpf
+        fds = {}
+        for name in ("events", "counters", "self_id"):
+            ctypes.set_errno(0)
+            fds[name] = libbpf.check_rc(
+                bpf.bpf_obj_get(str(pins / name).encode()), f"opening pinned {pins / name}"
+            )
+        self._ring_fd, self._counters_fd, self._self_fd = (
+            fds["events"],
+            fds["counters"],
+            fds["self_id"],
+        )
+        self._owned_fds = list(fds.values())
+        self.program = f"pinned {pins.name}"
+        self.reused_pins = True
+
+    def _set_self_id(self) -> None:
+        key = ctypes.c_uint32(0)
+        value = (ctypes.c_uint32 * 2)(self._knobs.self_tgid, self._knobs.self_pidns)
+        libbpf.check_rc(
+            self._bpf.bpf_map_update_elem(self._self_fd, ctypes.byref(key), ctypes.byref(value), 0),
+            "setting the agent's own id",
+        )
+
+    def _open_ring(self) -> None:
         # Keep the callback object referenced: libbpf calls it for the ring's whole life.
         self._sample_cb = libbpf.RING_SAMPLE_FN(self._on_sample)
         ctypes.set_errno(0)
         self._ring = libbpf.check_ptr(
-            bpf.ring_buffer__new(bpf.bpf_map__fd(events), self._sample_cb, None, None),
+            self._bpf.ring_buffer__new(self._ring_fd, self._sample_cb, None, None),
             "creating the ring buffer",
         )
-        counters = self._map(b"counters")
-        self._counters_fd = bpf.bpf_map__fd(counters)
-        self._ncpus = libbpf.check_rc(bpf.libbpf_num_possible_cpus(), "counting CPUs")
+        self._ncpus = libbpf.check_rc(self._bpf.libbpf_num_possible_cpus(), "counting CPUs")
         self._counter_buf = (ctypes.c_uint64 * self._ncpus)()
 
     def _map(self, name: bytes) -> int:
@@ -170,15 +246,62 @@ class CoreProbe:
         if self._obj:
             self._bpf.bpf_object__close(self._obj)
             self._obj = 0
+        for fd in getattr(self, "_owned_fds", []):
+            os.close(fd)
+        self._owned_fds = []
 
     def detach(self) -> None:
-        """Stop new records; those already queued stay for a last poll()."""
+        """Stop new records; those already queued stay for a last poll(). A pinned probe
+        stays attached: records keep queueing for the next agent."""
         for link in self._links:
-            self._bpf.bpf_link__destroy(link)
+            self._bpf.bpf_link__destroy(link)  # with a pin, the pinned link lives on
         self._links = []
 
     def close(self) -> None:
         self._close_object()
+
+
+_PIN_PREFIX = f"r{RECORD_VERSION}-"
+
+
+def _pin_tag(obj_path: Path, knobs: ProbeKnobs) -> str:
+    """Pins are reusable only by the same object, record layout, knobs and ring size."""
+    digest = hashlib.sha256(obj_path.read_bytes())
+    digest.update(repr(sorted(knobs.as_rodata().items())).encode())
+    digest.update(str(knobs.ring_size_bytes).encode())
+    return _PIN_PREFIX + digest.hexdigest()[:16]
+
+
+def _remove_pins(pins: Path) -> None:
+    """Unpinning the link detaches the program once no agent holds it any more."""
+    if not pins.is_dir():
+        return
+    link = pins / "link"
+    if link.exists():
+        link.unlink()  # first: a set without its link is never adopted
+    for entry in pins.iterdir():
+        entry.unlink()
+    pins.rmdir()
+
+
+def _remove_stale_pins(pin_root: Path, keep: str) -> None:
+    if not pin_root.is_dir():
+        return
+    for entry in pin_root.iterdir():
+        if entry.name != keep and entry.is_dir() and entry.name.startswith("r"):
+            log.info("replacing stale probe pins %s", entry)
+            _remove_pins(entry)
+
+
+def unpin_all(pin_root: Path) -> int:
+    """Remove every probe procmon pinned under pin_root; returns how many sets."""
+    removed = 0
+    if pin_root.is_dir():
+        for entry in pin_root.iterdir():
+            if entry.is_dir() and entry.name.startswith("r"):
+                _remove_pins(entry)
+                removed += 1
+    return removed
 
 
 def _explain(exc: libbpf.LibbpfError | None) -> Exception:

@@ -39,13 +39,11 @@ class ProbeKnobs:
         )
 
     def as_rodata(self) -> dict[str, int]:
-        """Values for the const volatile globals, by their C names."""
+        """Values for the const volatile globals, by their C names (self is set in a map)."""
         return {
             "per_thread": int(self.per_thread),
             "failed_only": int(self.failed_only),
             "target_pidns": self.target_pidns,
-            "self_tgid": self.self_tgid,
-            "self_pidns": self.self_pidns,
             "wakeup_bytes": self.wakeup_bytes,
             "wakeup_ns": self.wakeup_ns,
         }
