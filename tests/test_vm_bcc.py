@@ -304,11 +304,17 @@ def backend(request: pytest.FixtureRequest, deployed: Deployment) -> str:
     wanted = str(request.param)
     if deployed.backend != wanted:
         started = time.monotonic()
-        deployed.vm.ssh(
-            f"sed -i 's/^backend = .*/backend = \"{wanted}\"/' /etc/procmon/agent.toml"
-            " && systemctl restart procmon-agent",
-            timeout=600,
-        )
+        try:
+            deployed.vm.ssh(
+                f"sed -i 's/^backend = .*/backend = \"{wanted}\"/' /etc/procmon/agent.toml"
+                " && systemctl restart procmon-agent",
+                timeout=600,
+            )
+        except AssertionError as exc:
+            journal = deployed.vm.ssh(
+                "journalctl -u procmon-agent -o cat --no-pager | tail -15", check=False
+            )
+            raise AssertionError(f"{exc}\nagent journal:\n{journal}") from None
         deployed.backend = wanted
         _measure_start(deployed, wanted, time.monotonic() - started)
     # Events flow: an exit in the VM shows up over MQTT with this backend's name.
