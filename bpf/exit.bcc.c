@@ -9,8 +9,10 @@
  * filters away, as the CO-RE program's const volatile globals do after load):
  *   PROCMON_PER_THREAD, PROCMON_FAILED_ONLY  0 or 1
  *   PROCMON_TARGET_PIDNS, PROCMON_SELF_TGID  0 = off
+ *   PROCMON_SELF_PIDNS                       the agent's pid namespace (with SELF_TGID)
  *   PROCMON_WAKEUP_BYTES                     batch wakeups: force one after this many
- *                                            bytes queued by one CPU (see below)
+ *                                            bytes queued by one CPU (see below)...
+ *   PROCMON_WAKEUP_NS                        ...or when its last one is this old
  *   PROCMON_RING_PAGES                       ring size in pages, a power of two
  *   PROCMON_TP_GROUP_DEAD                    defined when the tracepoint has group_dead
  *   PROCMON_OFFSETS_ONLY                     defined by the guard: headers only, no probe
@@ -44,6 +46,12 @@
 #ifndef PROCMON_SELF_TGID
 #define PROCMON_SELF_TGID 0
 #endif
+#ifndef PROCMON_SELF_PIDNS
+#define PROCMON_SELF_PIDNS 0
+#endif
+#ifndef PROCMON_WAKEUP_NS
+#define PROCMON_WAKEUP_NS 10000000
+#endif
 
 /* Explicit reads: bcc's implicit rewriting of a->b->c is convenient but hides which
  * loads happen; one READ per field keeps the list the guard checks easy to audit. */
@@ -53,10 +61,14 @@ BPF_RINGBUF_OUTPUT(events, PROCMON_RING_PAGES);
 BPF_PERCPU_ARRAY(counters, u64, PROCMON_CNT_MAX);
 /* bcc 0.26 has no map method for bpf_ringbuf_query() and no other way to name the ring in
  * a helper call, so wakeups are batched per CPU instead: each CPU forces one after it has
- * queued PROCMON_WAKEUP_BYTES since its last. procmon.probe.bcc divides the configured
- * wakeup_bytes by the number of CPUs, so at most about that much waits for a wakeup, as
- * with the CO-RE probe; the agent also drains on every poll timeout. */
-BPF_PERCPU_ARRAY(unwoken, u64, 1);
+ * queued PROCMON_WAKEUP_BYTES since its last, or when that is PROCMON_WAKEUP_NS old (a
+ * trickle is not held back). procmon.probe.bcc divides the configured wakeup_bytes by the
+ * number of CPUs, so at most about that much waits for a wakeup, as with the CO-RE probe. */
+struct unwoken_t {
+	u64 bytes;
+	u64 last_ns;
+};
+BPF_PERCPU_ARRAY(unwoken, struct unwoken_t, 1);
 #ifndef PROCMON_TP_GROUP_DEAD
 /* Processes already reported, keyed by (signal_struct, leader start time): on kernels
  * whose tracepoint lacks group_dead, two threads dying together can both see live == 0.
@@ -143,7 +155,8 @@ static __always_inline void emit(struct task_struct *task, struct task_struct *l
 	struct task_struct *parent = NULL;
 	const struct cred *cred = NULL;
 	struct exit_record *rec;
-	u64 pid_tgid = bpf_get_current_pid_tgid(), *queued, a = 0, b = 0;
+	u64 pid_tgid = bpf_get_current_pid_tgid(), a = 0, b = 0;
+	struct unwoken_t *queued;
 	u32 zero = 0, wake = BPF_RB_FORCE_WAKEUP;
 
 	rec = events.ringbuf_reserve(sizeof(*rec));
@@ -205,11 +218,14 @@ static __always_inline void emit(struct task_struct *task, struct task_struct *l
 	count(PROCMON_CNT_EMITTED);
 	queued = unwoken.lookup(&zero);
 	if (queued) {
-		*queued += sizeof(*rec);
-		if (*queued >= PROCMON_WAKEUP_BYTES)
-			*queued = 0;
-		else
+		queued->bytes += sizeof(*rec);
+		if (queued->bytes >= PROCMON_WAKEUP_BYTES ||
+		    rec->ts_boot_ns - queued->last_ns >= PROCMON_WAKEUP_NS) {
+			queued->bytes = 0;
+			queued->last_ns = rec->ts_boot_ns;
+		} else {
 			wake = BPF_RB_NO_WAKEUP;
+		}
 	}
 	events.ringbuf_submit(rec, wake);
 }
@@ -220,16 +236,17 @@ static __always_inline int handle_exit(struct task_struct *task, bool group_dead
 {
 	struct task_struct *leader = NULL;
 	struct signal_struct *sig = NULL;
-	u32 tgid = bpf_get_current_pid_tgid() >> 32, pidns = 0, ns_pid = 0, code = 0;
+	u32 pidns = 0, ns_pid = 0, code = 0;
 
 	if (!PROCMON_PER_THREAD && !group_dead)
-		return 0;
-	if (PROCMON_SELF_TGID && tgid == PROCMON_SELF_TGID)
 		return 0;
 	PM_READ(leader, task->group_leader);
 	PM_READ(sig, task->signal);
 	pid_ns_of(leader, &pidns, &ns_pid);
 	if (PROCMON_TARGET_PIDNS && pidns != PROCMON_TARGET_PIDNS)
+		return 0;
+	/* The agent itself: its pid as it sees it, in its namespace (containers). */
+	if (PROCMON_SELF_TGID && ns_pid == PROCMON_SELF_TGID && pidns == PROCMON_SELF_PIDNS)
 		return 0;
 
 	if (PROCMON_PER_THREAD) {

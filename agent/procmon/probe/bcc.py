@@ -79,6 +79,8 @@ def cflags(
         f"-DPROCMON_FAILED_ONLY={int(knobs.failed_only)}",
         f"-DPROCMON_TARGET_PIDNS={knobs.target_pidns}U",
         f"-DPROCMON_SELF_TGID={knobs.self_tgid}U",
+        f"-DPROCMON_SELF_PIDNS={knobs.self_pidns}U",
+        f"-DPROCMON_WAKEUP_NS={knobs.wakeup_ns}ULL",
         f"-DPROCMON_WAKEUP_BYTES={per_cpu_wakeup}ULL",
         f"-DPROCMON_RING_PAGES={max(1, knobs.ring_size_bytes // os.sysconf('SC_PAGE_SIZE'))}",
     ]
