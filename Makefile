@@ -8,9 +8,10 @@ BPF_OBJ := $(BPF_OUT)/exit.bpf.o
 VMLINUX := build/vmlinux.h
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	mosquitto mosquitto-clients make gcc util-linux \
-	systemd-container debootstrap openssh-client openssl shellcheck
+	systemd-container debootstrap openssh-client openssl shellcheck \
+	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64
 
-.PHONY: setup apt venv bpf tracefs demo test lint schema clean fleet-test bench bench-quick
+.PHONY: setup apt venv bpf tracefs demo test lint schema clean fleet-test vm-test bench bench-quick
 
 setup: apt venv bpf tracefs
 	$(PY) -m pip install -q -e '.[dev]'
@@ -74,6 +75,10 @@ bench-quick: setup build/.bench-apt-done
 build/.bench-apt-done: build/.apt-done
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_APT)
 	@touch $@
+
+# bcc and CO-RE on Debian's 6.1 kernel with its headers, in qemu (also part of `make test`).
+vm-test: setup
+	CI=$${CI:-} $(PY) -m pytest -m vm -ra
 
 # Three systemd-nspawn hosts deployed with ansible/deploy.yml (also part of `make test`).
 fleet-test: setup

@@ -44,6 +44,40 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* Processes already reported, keyed by (signal_struct, leader start time). Only kernels
+ * whose tracepoint lacks group_dead (e.g. 6.1) use it: two threads dying together can
+ * both see signal->live == 0. The first to insert wins; LRU eviction forgets only
+ * processes long gone. */
+struct group_key {
+	__u64 signal;
+	__u64 start;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct group_key);
+	__type(value, __u8);
+} reported SEC(".maps");
+
+static __always_inline bool first_report(struct task_struct *task)
+{
+	struct group_key key = {
+		.signal = (__u64)task->signal,
+		.start = BPF_CORE_READ(task, group_leader, start_boottime),
+	};
+	__u8 one = 1;
+
+	/* -EEXIST: another thread of this group reported it; any other error: report. */
+	return bpf_map_update_elem(&reported, &key, &one, BPF_NOEXIST) != -17;
+}
+
+/* group_dead as the 6.x tracepoint passes it, or the fallback for older kernels. */
+static __always_inline bool fallback_group_dead(struct task_struct *task)
+{
+	return BPF_CORE_READ(task, signal, live.counter) == 0 && first_report(task);
+}
+
 static __always_inline void count(__u32 slot)
 {
 	__u64 *val = bpf_map_lookup_elem(&counters, &slot);
@@ -179,11 +213,11 @@ int BPF_PROG(exit_btf, struct task_struct *p)
 {
 	bool group_dead;
 
-	/* 6.x passes group_dead; older kernels need the racy signal->live fallback. */
+	/* Newer 6.x kernels pass group_dead; older ones need the signal->live fallback. */
 	if (bpf_core_field_exists(struct trace_event_raw_sched_process_exit, group_dead))
 		group_dead = (bool)ctx[1];
 	else
-		group_dead = BPF_CORE_READ(p, signal, live.counter) == 0;
+		group_dead = fallback_group_dead(p);
 	return handle_exit(group_dead);
 }
 
@@ -196,7 +230,7 @@ int exit_tp(void *ctx)
 	if (bpf_core_field_exists(struct trace_event_raw_sched_process_exit, group_dead))
 		group_dead = ((struct trace_event_raw_sched_process_exit *)ctx)->group_dead;
 	else
-		group_dead = BPF_CORE_READ(task, signal, live.counter) == 0;
+		group_dead = fallback_group_dead(task);
 	return handle_exit(group_dead);
 }
 

@@ -298,16 +298,7 @@ def _measure_start(d: Deployment, backend: str, restart_seconds: float | None) -
         entry["systemctl_restart_s"] = round(restart_seconds, 1)
 
 
-# CO-RE on Debian's 6.1 as the role's non-root user: libbpf's relocation needs to iterate
-# kernel BTF objects (BPF_BTF_GET_NEXT_ID), which 6.1 allows only with CAP_SYS_ADMIN.
-_CORE_ON_61 = pytest.mark.xfail(
-    reason="CoreProbe as non-root on 6.1: 'failed to iterate BTF objects' (open the object "
-    "with btf_custom_path=/sys/kernel/btf/vmlinux in core.py)",
-    strict=False,
-)
-
-
-@pytest.fixture(scope="module", params=["bcc", pytest.param("core", marks=_CORE_ON_61)])
+@pytest.fixture(scope="module", params=["bcc", "core"])
 def backend(request: pytest.FixtureRequest, deployed: Deployment) -> str:
     """The agent in the VM, switched to this backend (the role deployed bcc)."""
     wanted = str(request.param)
@@ -333,16 +324,6 @@ def backend(request: pytest.FixtureRequest, deployed: Deployment) -> str:
     return wanted
 
 
-def _vm_check(truth: exit_cases.Truth, event: dict[str, Any]) -> list[str]:
-    """exit_cases.check with CPU times allowed the emulated machine's wider tolerance."""
-    adjusted = dict(event)
-    for part in ("utime_ns", "stime_ns"):
-        want = getattr(truth, part)
-        if abs(adjusted[part] - want) <= VM_CPU_TOLERANCE_NS:
-            adjusted[part] = want
-    return exit_cases.check(truth, adjusted)
-
-
 @pytest.mark.parametrize("case", sorted(exit_cases.CASES))
 def test_ground_truth_over_mqtt(case: str, backend: str, deployed: Deployment) -> None:
     truth = deployed.run_case(case)
@@ -351,7 +332,7 @@ def test_ground_truth_over_mqtt(case: str, backend: str, deployed: Deployment) -
     event = events[0]
     assert event["probe"] == backend
     assert event["host"] == HOST_ID
-    assert _vm_check(truth, event) == []
+    assert exit_cases.check(truth, event, cpu_tolerance_ns=VM_CPU_TOLERANCE_NS) == []
     if truth.threads > 1:
         # One event per multi-threaded process, not one per thread.
         assert deployed.events(lambda e: e["pid"] == truth.pid) == [event]

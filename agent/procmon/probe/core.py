@@ -11,7 +11,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from procmon.probe import libbpf
+from procmon.probe import BTF_PATH, libbpf
 from procmon.probe.knobs import ProbeKnobs
 from procmon.probe.record import (
     COUNTER_DROPPED,
@@ -92,9 +92,14 @@ class CoreProbe:
 
     def _load_and_attach(self, program: bytes) -> None:
         bpf = self._bpf
+        # Relocate against vmlinux BTF only: without CAP_SYS_ADMIN libbpf 1.1 cannot iterate
+        # kernel-module BTFs and fails the load (seen on Debian's 6.1 as the agent's user).
+        opts = libbpf.ObjectOpenOpts(btf_custom_path=BTF_PATH.encode())
+        opts.sz = ctypes.sizeof(opts)
         ctypes.set_errno(0)
         self._obj = libbpf.check_ptr(
-            bpf.bpf_object__open_file(str(self._path).encode(), None), f"opening {self._path}"
+            bpf.bpf_object__open_file(str(self._path).encode(), ctypes.byref(opts)),
+            f"opening {self._path}",
         )
         for name in PROGRAMS:
             prog = libbpf.check_ptr(

@@ -35,6 +35,21 @@ class LibbpfError(OSError):
     """A libbpf call failed; the message names the call and the cause."""
 
 
+class ObjectOpenOpts(ctypes.Structure):
+    """The leading fields of struct bpf_object_open_opts (libbpf >= 1.0); sz tells libbpf
+    how much of the struct we know, the rest counts as zero."""
+
+    _fields_ = (
+        ("sz", c_size_t),
+        ("object_name", c_char_p),
+        ("relaxed_maps", ctypes.c_bool),
+        ("pin_root_path", c_char_p),
+        ("_removed_attach_prog_fd", c_uint32),
+        ("kconfig", c_char_p),
+        ("btf_custom_path", c_char_p),
+    )
+
+
 class BtfType(ctypes.Structure):
     _fields_ = (("name_off", c_uint32), ("info", c_uint32), ("size_or_type", c_uint32))
 
@@ -44,7 +59,7 @@ class BtfVarSecinfo(ctypes.Structure):
 
 
 _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
-    "bpf_object__open_file": (c_void_p, [c_char_p, c_void_p]),
+    "bpf_object__open_file": (c_void_p, [c_char_p, POINTER(ObjectOpenOpts)]),
     "bpf_object__load": (c_int, [c_void_p]),
     "bpf_object__close": (None, [c_void_p]),
     "bpf_object__btf": (c_void_p, [c_void_p]),
