@@ -20,7 +20,7 @@ from typing import Any
 
 from procmon.probe import bcc_guard
 from procmon.probe.knobs import ProbeKnobs
-from procmon.probe.record import COUNTER_DROPPED, COUNTER_EMITTED, RawExit, decode
+from procmon.probe.record import COUNTER_DROPPED, COUNTER_EMITTED, RawExit, RecordBuffer
 
 log = logging.getLogger("procmon.probe")
 
@@ -126,7 +126,7 @@ class BccProbe:
         started = time.monotonic()
         self._knobs = knobs
         self._source = source or bundled_source()
-        self._pending: list[RawExit] = []
+        self._records = RecordBuffer()
         self._attached = ""  # "raw" or "tracepoint" once attached
         group_dead = tracepoint_has_group_dead()
         self._bpf = compile_module(self._source, cflags(knobs, self._source.parent, group_dead))
@@ -136,7 +136,7 @@ class BccProbe:
             self.guard_summary = bcc_guard.guard(self._bpf.dump_func)
             log.info("bcc guard: %s", self.guard_summary)
             self._attach()
-            self._bpf["events"].open_ring_buffer(self._on_sample)
+            self._bpf["events"].open_ring_buffer(self._records.on_sample)
             self._counters = self._bpf["counters"]
         except BaseException:
             self.close()
@@ -166,21 +166,12 @@ class BccProbe:
         self._attached = "tracepoint"
         self.program = f"bcc:{fn}"
 
-    def _on_sample(self, _ctx: Any, data: Any, size: int) -> int:
-        # Runs inside libbcc's ring-buffer callback: must never raise.
-        try:
-            self._pending.append(decode(ctypes.string_at(data, size)))
-        except Exception:  # pragma: no cover - defensive
-            log.exception("undecodable ring-buffer record of %d bytes", size)
-        return 0
-
     def poll(self, timeout_ms: int) -> list[RawExit]:
         """Wait up to timeout_ms for a wakeup, then drain everything queued."""
         self._bpf.ring_buffer_poll(timeout_ms)
         # Batched wakeups leave records queued without an epoll event: drain them too.
         self._bpf.ring_buffer_consume()
-        out, self._pending = self._pending, []
-        return out
+        return self._records.take()
 
     def _counter(self, slot: int) -> int:
         try:

@@ -18,7 +18,7 @@ from procmon.probe.record import (
     COUNTER_EMITTED,
     RECORD_VERSION,
     RawExit,
-    decode,
+    RecordBuffer,
 )
 
 log = logging.getLogger("procmon.probe")
@@ -56,7 +56,7 @@ class CoreProbe:
         self._obj = 0
         self._links: list[int] = []
         self._ring = 0
-        self._pending: list[RawExit] = []
+        self._records = RecordBuffer()
         self._started = time.monotonic()
         self._pins = pin_dir / _pin_tag(self._path, knobs) if pin_dir else None
         self.reused_pins = False
@@ -166,7 +166,7 @@ class CoreProbe:
 
     def _open_ring(self) -> None:
         # Keep the callback object referenced: libbpf calls it for the ring's whole life.
-        self._sample_cb = libbpf.RING_SAMPLE_FN(self._on_sample)
+        self._sample_cb = libbpf.RING_SAMPLE_FN(self._records.on_sample)
         ctypes.set_errno(0)
         self._ring = libbpf.check_ptr(
             self._bpf.ring_buffer__new(self._ring_fd, self._sample_cb, None, None),
@@ -203,15 +203,6 @@ class CoreProbe:
 
     # --- running ------------------------------------------------------------------------
 
-    def _on_sample(self, _ctx: int | None, data: int, size: int) -> int:
-        # Runs inside libbpf: must never raise. Decoding errors are impossible by layout,
-        # but a guard keeps a surprise from hanging the poll loop.
-        try:
-            self._pending.append(decode(ctypes.string_at(data, size)))
-        except Exception:  # pragma: no cover - defensive
-            log.exception("undecodable ring-buffer record of %d bytes", size)
-        return 0
-
     def poll(self, timeout_ms: int) -> list[RawExit]:
         """Wait up to timeout_ms for a wakeup, then drain everything queued."""
         rc = self._bpf.ring_buffer__poll(self._ring, timeout_ms)
@@ -219,8 +210,7 @@ class CoreProbe:
             libbpf.check_rc(rc, "ring_buffer__poll")
         # Batched wakeups leave records queued without an epoll event: drain them too.
         self._bpf.ring_buffer__consume(self._ring)
-        out, self._pending = self._pending, []
-        return out
+        return self._records.take()
 
     def fileno(self) -> int:
         return int(self._bpf.ring_buffer__epoll_fd(self._ring))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import struct
 from typing import NamedTuple
+
+log = logging.getLogger("procmon.probe")
 
 RECORD_VERSION = 1
 FLAG_THREAD = 0x1
@@ -37,6 +41,28 @@ class RawExit(NamedTuple):
 
 RECORD = struct.Struct("<7Q9I16s4x")
 RECORD_SIZE = RECORD.size  # 112, asserted against the C struct in tests
+
+
+class RecordBuffer:
+    """Collects records from a ring-buffer callback until the poll loop takes them.
+
+    ``on_sample`` runs inside libbpf's (or libbcc's) C callback, so it never raises: an
+    exception there would be swallowed and could hang the poll loop.
+    """
+
+    def __init__(self) -> None:
+        self._records: list[RawExit] = []
+
+    def on_sample(self, _ctx: object, data: int, size: int) -> int:
+        try:
+            self._records.append(decode(ctypes.string_at(data, size)))
+        except Exception:  # pragma: no cover - defensive; the layout makes it impossible
+            log.exception("undecodable ring-buffer record of %d bytes", size)
+        return 0
+
+    def take(self) -> list[RawExit]:
+        out, self._records = self._records, []
+        return out
 
 
 def decode(data: bytes) -> RawExit:
