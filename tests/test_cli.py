@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - pytest fixtures imported by name
 """The procmon command as a user runs it."""
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import time
 
 import pytest
 
+from mosquitto import Mosquitto
+from mqtt_fixtures import broker, mosquitto_ready  # noqa: F401 - fixtures
 from procmon import __version__
 
 PROCMON = [sys.executable, "-m", "procmon.cli"]
@@ -91,3 +94,20 @@ def test_unprivileged_tail_is_one_clear_line() -> None:
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert "CAP_BPF and CAP_PERFMON" in proc.stderr
+
+
+def test_check_reports_the_bcc_situation() -> None:
+    proc = run("check", "--backend", "bcc", timeout=180)
+    items = {line[5:].split(":")[0]: line[:4].strip() for line in proc.stdout.splitlines()}
+    assert {"bcc python module", "kernel headers", "bcc offset guard"} <= set(items)
+    # This CI kernel ships no headers package: the check says so and fails.
+    assert items["kernel headers"] == "FAIL"
+    assert proc.returncode == 1
+
+
+def test_check_broker(broker: Mosquitto) -> None:
+    ok = run("check", "--backend", "core", "--broker", broker.url)
+    assert f"ok   broker {broker.url}: connected" in ok.stdout
+    refused = run("check", "--broker", "mqtt://127.0.0.1:1")
+    assert "FAIL broker mqtt://127.0.0.1:1: connection refused" in refused.stdout
+    assert refused.returncode == 1

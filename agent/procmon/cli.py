@@ -146,6 +146,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     lines = host_lines()
     backend = choose_backend(args.backend)
+    if backend == "bcc":
+        # bcc's own preconditions first: the probe line below needs all of them.
+        from procmon.probe.bcc_guard import bcc_check_lines
+
+        lines += [CheckLine(*line) for line in bcc_check_lines()]
     lines.append(_probe_line(backend, CheckLine))
     if args.broker:
         from procmon.mqtt_check import broker_line
