@@ -92,10 +92,11 @@ def test_per_thread_gives_each_thread_and_the_process(collect: Callable[..., Col
 
 def test_failed_only_skips_success(collect: Callable[..., Collector]) -> None:
     c = collect(failed_only=True)
-    ok = subprocess.run(["true"], check=True)
-    del ok
+    succeeded = subprocess.Popen(["true"])
+    succeeded.wait()
     failed = exit_cases.exit_code_3()
     c.poll_until(lambda evs: any(e.pid == failed.pid for e in evs))
+    assert c.of_pid(succeeded.pid) == []
     assert all(e.exit_code != 0 or e.signal for e in c.events)
 
 
