@@ -8,6 +8,11 @@ PUBACK. When full, the oldest rows not yet handed to the publisher are dropped a
 
 A spool file that SQLite cannot read is moved aside to ``<path>.corrupt-<unix time>`` and
 replaced by an empty one; the move is counted and logged.
+
+A full disk: batches that cannot be written are counted (``dropped_error``) and logged once per
+episode. Deleting acknowledged rows needs room in the WAL too, so acks that cannot be applied are
+remembered; once every row left in the spool has been acknowledged, the file is replaced by a
+fresh one (ids continue where they were), which gives the disk back without losing anything.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 log = logging.getLogger("procmon.spool")
 
 SCHEMA_VERSION = 1
+WAL_CHECKPOINT_PAGES = 256
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # SQLite keeps these next to the database; a stale WAL must never be applied to a new file.
 _SIDECARS = ("-wal", "-shm")
@@ -44,6 +50,10 @@ class SpoolCounters:
     replayed: int = 0  # events found in the spool at open (left by an earlier run)
 
 
+def _disk_full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+
+
 class Spool:
     """A FIFO of payloads on disk, safe to use from the probe and network threads."""
 
@@ -52,6 +62,9 @@ class Spool:
         self.max_events = max_events
         self.counters = SpoolCounters()
         self._lock = threading.Lock()
+        self._undeleted: set[int] = set()  # acked, but the DELETE failed (disk full)
+        self._store_failures = 0  # events refused in the current episode of write errors
+        self._last_reclaim = 0.0
         self._lock_file = self._take_ownership()
         try:
             self._db = self._open_or_quarantine()
@@ -106,6 +119,9 @@ class Spool:
             if mode != "wal":
                 raise sqlite3.DatabaseError(f"journal mode stays {mode!r}, WAL needed")
             db.execute("PRAGMA synchronous=NORMAL")
+            # Fold the WAL back every 1 MB, not SQLite's 4 MB: a spool that has drained must
+            # not need megabytes of free disk to take the next events.
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"unknown spool schema version {version}")
@@ -163,12 +179,18 @@ class Spool:
             return 0
         with self._lock:
             try:
-                return self._append(payloads, protect_upto)
+                dropped = self._append(payloads, protect_upto)
             except sqlite3.OperationalError as exc:  # disk full, I/O error, locked
                 self._rollback()
-                self.counters.dropped_error += len(payloads)
-                log.error("spool %s: cannot store %d events: %s", self.path, len(payloads), exc)
-                return 0
+                if not (_disk_full(exc) and self._reclaim_wal()):
+                    self._store_failed(len(payloads), exc)
+                    return 0
+                try:  # the WAL gave its space back: one more try
+                    dropped = self._append(payloads, protect_upto)
+                except sqlite3.OperationalError as again:
+                    self._rollback()
+                    self._store_failed(len(payloads), again)
+                    return 0
             except sqlite3.DatabaseError as exc:  # the file went bad under us
                 self._rollback()
                 try:
@@ -178,6 +200,36 @@ class Spool:
                     self.counters.dropped_error += len(payloads)
                     log.error("spool %s: cannot recover: %s", self.path, again)
                     return 0
+            if self._store_failures:
+                log.warning(
+                    "spool %s: writable again; %d events could not be stored (dropped_queue)",
+                    self.path,
+                    self._store_failures,
+                )
+                self._store_failures = 0
+            return dropped
+
+    def _reclaim_wal(self) -> bool:
+        """On a full disk, fold the WAL into the database and truncate it (at most once a
+        second): with the broker up the rows in it are mostly deleted ones, and the default
+        auto-checkpoint lets the WAL grow to 4 MB first."""
+        now = time.monotonic()
+        if now - self._last_reclaim < 1.0:
+            return False
+        self._last_reclaim = now
+        try:
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            return False
+        return not busy and os.path.getsize(f"{self.path}-wal") == 0
+
+    def _store_failed(self, count: int, exc: sqlite3.Error) -> None:
+        self.counters.dropped_error += count
+        if not self._store_failures:  # once per episode, not once per batch
+            log.error(
+                "spool %s: cannot store events (%s); counting them as dropped_queue", self.path, exc
+            )
+        self._store_failures += count
 
     def _append(self, payloads: Sequence[bytes], protect_upto: int) -> int:
         db = self._db
@@ -229,6 +281,8 @@ class Spool:
             return 0
         with self._lock:
             db = self._db
+            if self._undeleted:  # retry the deletes a full disk refused
+                ids = [*ids, *self._undeleted]
             try:
                 db.execute("BEGIN IMMEDIATE")
                 removed = db.executemany(
@@ -238,10 +292,33 @@ class Spool:
             except sqlite3.Error as exc:
                 # The rows stay and are re-sent after a restart: a duplicate, never a loss.
                 self._rollback()
-                log.error("spool %s: cannot delete %d acked events: %s", self.path, len(ids), exc)
+                if not self._undeleted:
+                    log.error("spool %s: cannot delete acked events: %s", self.path, exc)
+                self._undeleted.update(ids)
+                if len(self._undeleted) >= self._depth:
+                    self._start_fresh()
                 return 0
             self._depth -= removed
+            self._undeleted.clear()
             return removed
+
+    def _start_fresh(self) -> None:
+        """Every row left is acknowledged but cannot be deleted (disk full): replace the file
+        by an empty one. Ids continue from the old sequence so publisher cursors stay valid."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        last_id = int(row[0]) if row else 0
+        self._db.close()
+        for extra in ("", *_SIDECARS):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.path}{extra}")
+        self._db = self._open()
+        self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (last_id,))
+        self._depth = 0
+        self._undeleted.clear()
+        log.warning(
+            "spool %s: disk full and every stored event delivered: started a fresh spool file",
+            self.path,
+        )
 
     def close(self) -> None:
         with self._lock:
