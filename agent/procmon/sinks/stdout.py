@@ -11,10 +11,16 @@ TextFormat = Literal["json", "human", "seed"]
 SEED_PREFIX = "PROCESS_MONITOR:"
 
 
+def _printable_comm(event: ExitEvent) -> str:
+    """comm as-is, or its repr() when it holds control characters: a task name (any bytes but
+    NUL, set by the process itself) must not reach a terminal raw or forge a log line."""
+    return event.comm if event.comm.isprintable() else repr(event.comm)
+
+
 def seed_lines(event: ExitEvent) -> tuple[str, str]:
     """The two lines the original kernel module printed for each exit."""
     return (
-        f"{SEED_PREFIX} Process exiting - PID: {event.pid}, Name: {event.comm}, "
+        f"{SEED_PREFIX} Process exiting - PID: {event.pid}, Name: {_printable_comm(event)}, "
         f"Parent PID: {event.ppid}",
         f"{SEED_PREFIX}   User time: {event.utime_ns} ns, System time: {event.stime_ns} ns",
     )
@@ -30,8 +36,7 @@ def human_line(event: ExitEvent) -> str:
         if event.signal
         else f"code={event.exit_code}"
     )
-    # repr() of comm keeps control characters from reaching the terminal raw.
-    comm = event.comm if event.comm.isprintable() else repr(event.comm)
+    comm = _printable_comm(event)
     return (
         f"{event.time[11:23]} {event.scope[0]} pid={event.pid} ppid={event.ppid} "
         f"uid={event.uid} {comm} {how} user={event.utime_ns / 1e6:.1f}ms "

@@ -1,0 +1,387 @@
+"""Hostile and bad input: task names of every kind of byte, topic levels that would widen a
+subscription, each wrong config key/type/range (TOML and environment), unreadable secrets, and
+a subscriber fed garbage. Nothing crashes, every output stays valid, every error is one line
+naming the culprit.
+
+Already covered elsewhere (not repeated here): a missing config file and invalid TOML
+(test_config.py), a world-readable password file (test_mqtt_agent.py, test_subscribe.py), a
+subscriber's invalid JSON, wrong schema property and 1 MiB + 10 payload (test_subscribe.py).
+"""
+
+# ruff: noqa: F811 - pytest fixtures are imported, then named as test parameters
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from conftest import REPO, require
+from mosquitto import Mosquitto
+from mqtt_fixtures import (  # noqa: F401 - broker, mosquitto_ready, subscribers: fixtures
+    PY,
+    SLOW,
+    SubscriberProcess,
+    broker,
+    mosquitto_ready,
+    publish_raw,
+    sample_event,
+    subscribers,
+    wait_until,
+)
+from procmon.broker_url import BrokerConfigError, BrokerOptions
+from procmon.config import ConfigError, load_config
+from procmon.event import EventBuilder, ExitEvent
+from procmon.probe.record import FLAG_GROUP_DEAD, FLAG_THREAD, RECORD, decode
+from procmon.sinks.stdout import SEED_PREFIX, render
+from procmon.subscribe import ExitConsumer
+
+SCHEMA = json.loads((REPO / "schemas/exit-event.v1.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+BOOT_ID = "0f6d1f9e-3c1a-4d8b-9a57-1b2c3d4e5f60"
+
+# --- task names: the decoder, the builder and all three text formats -------------------------
+
+# What a process can put in its comm with prctl(PR_SET_NAME): any 1-15 bytes but NUL.
+comm_bytes = st.one_of(
+    st.binary(min_size=0, max_size=15).map(lambda b: b.replace(b"\0", b"\x01")),
+    st.binary(min_size=15, max_size=15).map(lambda b: b.replace(b"\0", b"\xff")),
+    st.sampled_from(
+        [
+            b'"',
+            b'"};{"pid":1',
+            b"\\",
+            b"\\u0000",
+            b"a\nb",
+            b"\r\n\r\n",
+            b"\x1b[31mred",
+            b"\x7f\x08\x07",
+            b"\t\v\f",
+            b"\xff\xfe",
+            b"\xc3",  # a cut UTF-8 sequence
+            b"\xe2\x80\xa8",  # U+2028, a JavaScript line separator
+            b"\xed\xa0\x80",  # an encoded surrogate: not UTF-8
+            "ünïcødé✓".encode()[:15],
+            b"PROCESS_MONITOR",
+            b"x\nPROCESS_MON",
+        ]
+    ),
+)
+
+
+def record(comm: bytes, thread: bool, pid: int, status: int) -> bytes:
+    """A ring-buffer record as the probe writes it, comm NUL-padded to 16 bytes."""
+    fields = (
+        5_000_000_000, 4_000_000_000, 8_000_000, 4_000_000, 15_000_000, 100, 42,
+        pid, pid, 1, 1000, 1000, status, 4026531836, pid,
+        FLAG_THREAD if thread else FLAG_GROUP_DEAD,
+    )  # fmt: skip
+    return RECORD.pack(*fields, comm.ljust(16, b"\0"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    comm=comm_bytes,
+    thread=st.booleans(),
+    pid=st.integers(1, 4_194_304),
+    status=st.integers(0, 0xFFFF),
+)
+@example(comm=b"a\nPROCESS_MONITOR: forged", thread=False, pid=1, status=0)
+def test_any_task_name_gives_valid_output_in_every_format(
+    comm: bytes, thread: bool, pid: int, status: int
+) -> None:
+    comm = comm[:15]
+    raw = decode(record(comm, thread, pid, status))
+    assert raw.comm == comm  # the decoder keeps the bytes up to the NUL
+    event = EventBuilder("host-a", "core", boot_id=BOOT_ID).build(raw)
+    event.comm.encode("utf-8")  # a str without lone surrogates
+
+    line = render(event, "json")
+    assert line.endswith(b"\n") and b"\n" not in line[:-1]  # one JSON line, always
+    document = json.loads(line)
+    VALIDATOR.validate(document)  # the published contract holds
+    assert ExitEvent.model_validate(document) == event
+    assert ExitEvent.model_validate_json(line) == event
+    if comm.isascii() and comm.isalnum():
+        assert document["comm"] == comm.decode()
+
+    for fmt, lines in (("human", 1), ("seed", 2)):
+        text = render(event, fmt).decode("utf-8")  # valid UTF-8, always
+        assert text.endswith("\n")
+        body = text[:-1].split("\n")
+        assert len(body) == lines, (fmt, text)  # a name cannot add or forge lines
+        for part in body:
+            assert part.isprintable(), (fmt, part)  # no raw control characters
+        if fmt == "seed":
+            assert all(part.startswith(SEED_PREFIX) for part in body)
+
+
+# --- host ids and prefixes --------------------------------------------------------------------
+
+BAD_LEVELS = ["a+b", "+", "a#", "#", "a/b", "/", "a\0b", "a b", " ", "", "\n", "x" * 129, "é"]
+
+
+LEVEL_CASES = [
+    (source, key, value)
+    for source in ("toml", "env", "override")
+    for key in ("host_id", "mqtt.prefix")
+    for value in BAD_LEVELS
+    if not (source == "env" and "\0" in value)  # an environment variable cannot hold NUL
+]
+
+
+@pytest.mark.parametrize(("source", "key", "value"), LEVEL_CASES, ids=repr)
+def test_unsafe_topic_levels_are_one_line_naming_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, key: str, value: str
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text("")
+    overrides: dict[str, Any] = {}
+    section, _, leaf = key.rpartition(".")
+    if source == "toml":
+        quoted = json.dumps(value)  # a JSON string is a valid TOML basic string
+        path.write_text(f"[{section}]\n{leaf} = {quoted}\n" if section else f"{leaf} = {quoted}\n")
+    elif source == "env":
+        monkeypatch.setenv("PROCMON_" + key.upper().replace(".", "__"), value)
+    else:
+        overrides = {section: {leaf: value}} if section else {leaf: value}
+    with pytest.raises(ConfigError) as err:
+        load_config(path, overrides)
+    message = str(err.value)
+    assert "\n" not in message and "\0" not in message
+    assert f": {key}:" in message
+
+
+def test_longest_safe_host_id_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(f'host_id = "{"h" * 128}"\n[mqtt]\nprefix = "a.b_c:d@e=f-g"\n')
+    assert load_config(path).host_id == "h" * 128
+
+
+def test_cli_host_id_with_a_wildcard_is_one_line() -> None:
+    proc = subprocess.run(
+        [PY, "-m", "procmon.cli", "agent", "--check-config", "--host-id", "evil/#"],
+        capture_output=True,
+        text=True,
+        timeout=SLOW,
+        env={**os.environ, "PROCMON_SPOOL__PATH": "/nonexistent/spool.db"},
+    )
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "host_id" in line and "evil/#" in line
+
+
+# --- every key, type and range ----------------------------------------------------------------
+
+# (key, TOML value, environment value): each is wrong in exactly one way.
+BAD_CONFIG = [
+    ("nope", "1", None),  # see test_unknown_top_level_env_variable_is_refused
+    ("log_level", '"loud"', "loud"),
+    ("log_level", "3", None),
+    ("stats_interval_s", "0", "0"),
+    ("stats_interval_s", "3601", "3601"),
+    ("stats_interval_s", '"often"', "often"),
+    ("probe.nope", "1", "1"),
+    ("probe.backend", '"ebpf"', "ebpf"),
+    ("probe.per_thread", '"maybe"', "maybe"),
+    ("probe.failed_only", "2", "2"),
+    ("probe.pidns_scope", "[]", "[]"),
+    ("probe.exclude_self", '"nah"', "nah"),
+    ("probe.ring_size_kb", "63", "63"),
+    ("probe.ring_size_kb", "1048577", "1048577"),
+    ("probe.ring_size_kb", '"big"', "big"),
+    ("probe.wakeup_bytes", "-1", "-1"),
+    ("probe.wakeup_latency_ms", "5001", "5001"),
+    ("probe.wakeup_latency_ms", "-1", "-1"),
+    ("probe.poll_interval_ms", "0", "0"),
+    ("probe.poll_interval_ms", "5001", "5001"),
+    ("mqtt.nope", "1", "1"),
+    ("mqtt.broker", '"http://x"', "http://x"),
+    ("mqtt.broker", '"mqtt://a b"', "mqtt://a b"),
+    ("mqtt.broker", '"mqtt://host/#"', "mqtt://host/#"),
+    ("mqtt.broker", "1883", None),
+    ("mqtt.protocol", '"4"', "4"),
+    ("mqtt.keepalive_s", "4", "4"),
+    ("mqtt.keepalive_s", "3601", "3601"),
+    ("mqtt.message_expiry_s", "-1", "-1"),
+    ("mqtt.max_inflight", "0", "0"),
+    ("mqtt.max_inflight", "65536", "65536"),
+    ("mqtt.reconnect_max_s", "0", "0"),
+    ("mqtt.reconnect_max_s", "3601", "3601"),
+    ("mqtt.password_file", "5", None),
+    ("spool.nope", "1", "1"),
+    ("spool.max_events", "99", "99"),
+    ("spool.max_events", '"many"', "many"),
+    ("sinks.nope", "1", "1"),
+    ("sinks.mqtt", '"perhaps"', "perhaps"),
+    ("sinks.stdout", '"xml"', "xml"),
+    ("sinks.kmsg", "{}", "{}"),
+]
+
+
+def _assert_one_line_naming(err: pytest.ExceptionInfo[ConfigError], key: str) -> None:
+    message = str(err.value)
+    assert "\n" not in message, message
+    assert f": {key}:" in message, message
+
+
+@pytest.mark.parametrize(
+    ("key", "toml", "env"), BAD_CONFIG, ids=[f"{k}={t}" for k, t, _ in BAD_CONFIG]
+)
+def test_each_bad_key_type_or_range_in_toml(
+    tmp_path: Path, key: str, toml: str, env: str | None
+) -> None:
+    section, _, leaf = key.rpartition(".")
+    path = tmp_path / "agent.toml"
+    path.write_text(f"[{section}]\n{leaf} = {toml}\n" if section else f"{leaf} = {toml}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    _assert_one_line_naming(err, key)
+
+
+ENV_CASES = [(k, e) for k, _, e in BAD_CONFIG if e is not None]
+
+
+@pytest.mark.parametrize(("key", "env"), ENV_CASES, ids=[f"{k}={e}" for k, e in ENV_CASES])
+def test_each_bad_key_type_or_range_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, env: str
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text("")
+    monkeypatch.setenv("PROCMON_" + key.upper().replace(".", "__"), env)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    _assert_one_line_naming(err, key)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pydantic-settings ignores unknown top-level PROCMON_* variables: a misspelt "
+    "PROCMON_STATS_INTERVAL (no _S) is silently ignored (config.py, reported to the lead)",
+)
+def test_unknown_top_level_env_variable_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text("")
+    monkeypatch.setenv("PROCMON_STATS_INTERVAL", "5")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    _assert_one_line_naming(err, "stats_interval")
+
+
+# --- secrets that cannot be read --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "empty", "not-utf8"])
+def test_unusable_password_file_is_one_line_naming_it(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "password"
+    if kind == "directory":
+        path.mkdir(mode=0o700)
+    elif kind == "empty":
+        path.write_text("\n")
+        path.chmod(0o600)
+    elif kind == "not-utf8":
+        path.write_bytes(b"\xff\xfehunter2\n")
+        path.chmod(0o600)
+    with pytest.raises(BrokerConfigError) as err:
+        BrokerOptions.build("mqtt://127.0.0.1", "agent", path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message
+    assert "hunter2" not in message
+
+
+def test_password_file_unreadable_for_the_agent_user_stops_it_with_one_line(
+    tmp_path: Path,
+) -> None:
+    """The agent as an unprivileged user, the password file root's own (0600): exit 2."""
+    require(os.geteuid() == 0, "needs root to switch to another user")
+    secret = tmp_path / "password"
+    secret.write_text("hunter2\n")
+    secret.chmod(0o600)
+    tmp_path.chmod(0o755)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    os.chown(spool, 65534, 65534)
+    env = {
+        **os.environ,
+        "PROCMON_MQTT__USERNAME": "agent",
+        "PROCMON_MQTT__PASSWORD_FILE": str(secret),
+        "PROCMON_SPOOL__PATH": str(spool / "spool.db"),
+    }
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         str(REPO / ".venv/bin/procmon"), "agent", "--broker", "mqtt://127.0.0.1:1"],
+        capture_output=True, text=True, timeout=SLOW, env=env, cwd="/",
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"password file {secret}: Permission denied" in line
+    assert "hunter2" not in proc.stderr + proc.stdout
+
+
+# --- the subscriber fed garbage ---------------------------------------------------------------
+
+GARBAGE: list[tuple[str, bytes, str]] = [
+    ("10 MiB", b"{" + b" " * (10 << 20) + b"}", "oversized"),
+    ("binary", bytes(range(256)) * 16, "invalid"),
+    ("invalid UTF-8 in a string", b'{"schema": "procmon.exit/v1", "comm": "\xff"}', "invalid"),
+    ("schema v2 in the payload", b'{"schema": "procmon.exit/v2", "pid": 1}', "wrong_schema"),
+    ("schema v0 in the payload", b'{"schema": "procmon.exit/v0"}', "wrong_schema"),
+    ("an array", b"[1, 2, 3]", "invalid"),
+    ("a number", b"42", "invalid"),
+    ("null", b"null", "invalid"),
+    ("a string", b'"procmon.exit/v1"', "invalid"),
+    ("empty", b"", "invalid"),
+    ("NUL bytes", b"\0" * 64, "invalid"),
+    ("deep nesting", b"[" * 100_000 + b"]" * 100_000, "invalid"),
+    ("a huge number", b'{"schema": "procmon.exit/v1", "pid": 1' + b"0" * 5000 + b"}", "invalid"),
+]
+
+
+def _event_bytes(n: int) -> bytes:
+    return sample_event(n, "h1").model_dump_json().encode()
+
+
+@pytest.mark.parametrize(("name", "payload", "counter"), GARBAGE, ids=[g[0] for g in GARBAGE])
+def test_consumer_counts_each_kind_of_garbage(
+    name: str, payload: bytes, counter: str, capsys: Any
+) -> None:
+    out = io.BytesIO()
+    consumer = ExitConsumer(out, dedup=False)
+    assert not consumer.handle("procmon/h1/exits", payload)
+    assert getattr(consumer.counters, counter) == 1, consumer.counters
+    assert consumer.handle("procmon/h1/exits", _event_bytes(1))  # and it keeps going
+    assert consumer.counters.written == 1 and consumer.counters.received == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert len(line) < 1000  # the report never echoes the payload
+
+
+def test_subscriber_process_survives_garbage_from_the_broker(
+    broker: Mosquitto, subscribers: Any
+) -> None:
+    sub: SubscriberProcess = subscribers("garbage", broker.url, topic_filter="procmon/+/exits")
+    messages: list[tuple[str, bytes, dict[str, str] | None]] = [
+        ("procmon/h1/exits", payload, None) for _, payload, _ in GARBAGE
+    ]
+    messages.append(("procmon/h1/exits", _event_bytes(1), {"schema": "procmon.exit/v1"}))
+    publish_raw(broker, messages)
+    wait_until(lambda: len(sub.events()) == 1, SLOW, "the valid event after the garbage")
+    assert sub.proc.poll() is None  # still running
+    assert sub.stop() == 0
+    counts = {c: sum(1 for _, _, k in GARBAGE if k == c) for c in ("invalid", "oversized")}
+    wrong = sum(1 for _, _, k in GARBAGE if k == "wrong_schema")
+    summary = sub.stderr()
+    assert f"{len(GARBAGE) + 1} received, 1 written" in summary, summary
+    assert (
+        f"{counts['invalid']} invalid, {counts['oversized']} oversized, {wrong} wrong schema"
+        in summary
+    ), summary
