@@ -84,6 +84,22 @@ def _mqtt_client(ca_file: Path | None = None, auth: tuple[str, str] | None = Non
     return client
 
 
+def _publish_acked(client: Any, topic: str, payload: bytes, timeout: float = 20) -> None:
+    """QoS 1 publish that waits for the (re)connection first. A CI run once saw the client
+    disconnected between two publishes; the ACL, not the link, is what these tests check."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.is_connected():
+            info = client.publish(topic, payload, qos=1)
+            try:
+                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+                return
+            except RuntimeError:
+                pass  # not connected after all: paho reconnects; try again
+        time.sleep(0.1)
+    raise AssertionError(f"could not publish {topic} within {timeout} s")
+
+
 class Broker:
     """A collecting MQTT client (paho) on the test's mosquitto."""
 
@@ -535,8 +551,8 @@ def test_broker_role_gives_each_host_only_its_own_prefix(fleet: Fleet) -> None:
         pub.connect(HOSTS["fleet1"], port)
         pub.loop_start()
         for topic in ("procmon/fleet2/exits", "procmon/fleet3/exits", "other/fleet2"):
-            pub.publish(topic, topic.encode(), qos=1).wait_for_publish(10)
-        pub.publish("procmon/fleet2/status", b"last", qos=1).wait_for_publish(10)
+            _publish_acked(pub, topic, topic.encode())
+        _publish_acked(pub, "procmon/fleet2/status", b"last")
         pub.loop_stop()
         pub.disconnect()
         msgs = reader.wait_for(lambda m: any(t == "procmon/fleet2/status" for t, _, _ in m), 20)
