@@ -65,6 +65,7 @@ class Spool:
         self._undeleted: set[int] = set()  # acked, but the DELETE failed (disk full)
         self._store_failures = 0  # events refused in the current episode of write errors
         self._last_reclaim = 0.0
+        self._high_id = 0  # the highest row id handed out by read_after
         self._lock_file = self._take_ownership()
         try:
             self._db = self._open_or_quarantine()
@@ -264,15 +265,38 @@ class Spool:
         self._db.close()
         self._quarantine(reason)
         self._db = self._open()
+        self._seed_ids(self._high_id)
         self._depth = 0
+
+    def _replace_corrupt_logged(self, reason: str) -> None:
+        try:
+            self._replace_corrupt(reason)
+        except sqlite3.Error as exc:
+            log.error("spool %s: cannot recover: %s", self.path, exc)
+
+    def _seed_ids(self, last_id: int) -> None:
+        """A fresh file continues the old ids: publisher cursors must stay valid."""
+        if last_id > 0:
+            self._db.execute(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (last_id,)
+            )
 
     def read_after(self, after_id: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to limit (id, payload) rows with id > after_id, oldest first."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, payload FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, limit),
-            ).fetchall()
+            try:
+                rows = self._db.execute(
+                    "SELECT id, payload FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                    (after_id, limit),
+                ).fetchall()
+            except sqlite3.OperationalError as exc:  # I/O error: the next call retries
+                log.error("spool %s: cannot read: %s", self.path, exc)
+                return []
+            except sqlite3.DatabaseError as exc:  # the file went bad under us
+                self._replace_corrupt_logged(str(exc))
+                return []
+            if rows:
+                self._high_id = max(self._high_id, int(rows[-1][0]))
         return [(int(row_id), bytes(payload)) for row_id, payload in rows]
 
     def ack(self, ids: Sequence[int]) -> int:
@@ -289,7 +313,7 @@ class Spool:
                     "DELETE FROM events WHERE id = ?", ((i,) for i in ids)
                 ).rowcount
                 db.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except sqlite3.OperationalError as exc:
                 # The rows stay and are re-sent after a restart: a duplicate, never a loss.
                 self._rollback()
                 if not self._undeleted:
@@ -297,6 +321,12 @@ class Spool:
                 self._undeleted.update(ids)
                 if len(self._undeleted) >= self._depth:
                     self._start_fresh()
+                return 0
+            except sqlite3.DatabaseError as exc:  # the file went bad under us
+                self._rollback()
+                self._depth = max(0, self._depth - len(set(ids)))  # those were delivered
+                self._undeleted.clear()
+                self._replace_corrupt_logged(str(exc))
                 return 0
             self._depth -= removed
             self._undeleted.clear()
@@ -312,7 +342,7 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{self.path}{extra}")
         self._db = self._open()
-        self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (last_id,))
+        self._seed_ids(max(last_id, self._high_id))
         self._depth = 0
         self._undeleted.clear()
         log.warning(
