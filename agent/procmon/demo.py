@@ -57,13 +57,15 @@ def main() -> int:
     env = {**os.environ, "PROCMON_SPOOL__PATH": str(workdir / "spool.db")}
     started: list[subprocess.Popen[bytes]] = []
     try:
-        started.append(subprocess.Popen([MOSQUITTO, "-c", str(conf)]))
+        # Own sessions: Ctrl-C reaches only this script, which then stops the parts in
+        # reverse order, so the agent can still publish its offline status to the broker.
+        started.append(subprocess.Popen([MOSQUITTO, "-c", str(conf)], start_new_session=True))
         wait_for_port(port)
         print(f"demo: mosquitto on {broker_url}; agent and subscriber starting", file=sys.stderr)
-        started.append(subprocess.Popen([*procmon, "agent", "--broker", broker_url], env=env))
-        started.append(
-            subprocess.Popen([*procmon, "subscribe", "procmon/+/exits", "--broker", broker_url])
-        )
+        agent = [*procmon, "agent", "--broker", broker_url]
+        started.append(subprocess.Popen(agent, env=env, start_new_session=True))
+        subscribe = [*procmon, "subscribe", "procmon/+/exits", "--broker", broker_url]
+        started.append(subprocess.Popen(subscribe, start_new_session=True))
         print("demo: live exits below; Ctrl-C stops everything", file=sys.stderr)
         while all(p.poll() is None for p in started):
             time.sleep(0.5)
@@ -71,12 +73,11 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        for proc in reversed(started):
+        for proc in reversed(started):  # subscriber, agent, broker: one after the other
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in reversed(started):
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
         shutil.rmtree(workdir, ignore_errors=True)
