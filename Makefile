@@ -9,9 +9,9 @@ VMLINUX := build/vmlinux.h
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	mosquitto mosquitto-clients make gcc util-linux \
 	systemd-container debootstrap openssh-client openssl shellcheck \
-	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64
+	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64 nftables iproute2
 
-.PHONY: setup apt venv bpf tracefs demo test lint schema clean fleet-test vm-test bench bench-quick
+.PHONY: setup apt venv bpf tracefs demo test lint schema clean fleet-test vm-test bench bench-quick soak
 
 setup: apt venv bpf tracefs
 	$(PY) -m pip install -q -e '.[dev]'
@@ -79,6 +79,10 @@ build/.bench-apt-done: build/.apt-done
 # bcc and CO-RE on Debian's 6.1 kernel with its headers, in qemu (also part of `make test`).
 vm-test: setup
 	CI=$${CI:-} $(PY) -m pytest -m vm -ra
+
+# 30 minutes at 500 exits/s with the agent's RSS and CPU sampled: bench/soak.md (not in CI).
+soak: setup
+	$(PY) bench/soak.py
 
 # Three systemd-nspawn hosts deployed with ansible/deploy.yml (also part of `make test`).
 fleet-test: setup

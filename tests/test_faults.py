@@ -6,7 +6,7 @@ storm's exits and nothing else: every count below is exact. Each case counts wha
 event_id at a subscriber that was connected with a persistent session before the load began.
 
 Figures for docs/reliability.md are printed as ``FIGURE name: ...`` lines (``pytest -s``).
-PROCMON_FAULT_OUTAGE_S lengthens the broker outage (60 s by default).
+PMTEST_FAULT_OUTAGE_S lengthens the broker outage (60 s by default).
 """
 
 # ruff: noqa: F811 - pytest fixtures are imported, then named as test parameters
@@ -45,7 +45,7 @@ from procmon.spool import Spool
 pytestmark = pytest.mark.faults
 
 PROCMON = str(REPO / ".venv/bin/procmon")
-OUTAGE_S = float(os.environ.get("PROCMON_FAULT_OUTAGE_S", "60"))
+OUTAGE_S = float(os.environ.get("PMTEST_FAULT_OUTAGE_S", "60"))
 
 
 def figure(name: str, **values: Any) -> None:

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.fleet
 REPO = Path(__file__).resolve().parent.parent
 ANSIBLE_DIR = REPO / "ansible"
 FLEET_SH = REPO / "tests" / "fleet" / "fleet.sh"
-RUN_DIR = Path(os.environ.get("PROCMON_FLEET_RUN", REPO / "build" / "fleet"))
+RUN_DIR = Path(os.environ.get("PMTEST_FLEET_RUN", REPO / "build" / "fleet"))
 DIST_DIR = REPO / "build" / "fleet-dist"
 HOSTS = {"fleet1": "127.0.0.11", "fleet2": "127.0.0.12", "fleet3": "127.0.0.13"}
 PLAYBOOK_TIMEOUT = 900
@@ -70,6 +70,9 @@ class PlayResult:
 
     def changed(self, host: str) -> int:
         return self.recap[host]["changed"]
+
+
+CAP_BPF_PERFMON = (1 << 39) | (1 << 38)  # CAP_BPF, CAP_PERFMON
 
 
 def _mqtt_client(ca_file: Path | None = None, auth: tuple[str, str] | None = None) -> Any:
@@ -260,7 +263,7 @@ def _fleet_sh(action: str, timeout: float) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=timeout,
         check=False,
-        env={**os.environ, "PROCMON_FLEET_RUN": str(RUN_DIR)},
+        env={**os.environ, "PMTEST_FLEET_RUN": str(RUN_DIR)},
     )
 
 
@@ -308,6 +311,7 @@ def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
         f"procmon_agent_wheelhouse: {DIST_DIR / 'wheelhouse'}\n"
         "procmon_agent_pidns_scope: true\n"
         f"procmon_agent_mqtt_broker: mqtt://127.0.0.1:{port}\n"
+        "procmon_agent_mqtt_allow_plain: true\n"  # the test broker is plain, on loopback
         "procmon_agent_stats_interval_s: 5\n"
     )
     yield Fleet(
@@ -341,6 +345,13 @@ def test_first_deploy_starts_every_agent(fleet: Fleet) -> None:
             host, "journalctl -u procmon-agent --no-pager | tail -30", check=False
         ).stdout
         assert fleet.unit_prop(host, "User") == "procmon"
+        # Least privilege, read from the running process: CAP_BPF and CAP_PERFMON, nothing else.
+        pid = fleet.unit_prop(host, "MainPID")
+        status = fleet.ssh(host, f"grep -E '^(Uid|CapEff|CapBnd):' /proc/{pid}/status").stdout
+        fields = dict(line.split(":", 1) for line in status.splitlines())
+        assert fields["Uid"].split()[0] != "0", status
+        assert int(fields["CapEff"], 16) == CAP_BPF_PERFMON, status
+        assert int(fields["CapBnd"], 16) == CAP_BPF_PERFMON, status
 
 
 @pytest.mark.timeout(600)

@@ -37,7 +37,7 @@ from mqtt_fixtures import Collector
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
 
-VM_DIR = Path(os.environ.get("PROCMON_VM_DIR", REPO / "build/vm"))
+VM_DIR = Path(os.environ.get("PMTEST_VM_DIR", REPO / "build/vm"))
 VM_SH = REPO / "tests/vm/vm.sh"
 HOST_ID = "procmon-vm"
 TOPIC = f"procmon/{HOST_ID}/exits"
@@ -217,6 +217,7 @@ def _deploy(vm: Vm, tmp: Path) -> str:
                 "procmon_agent_wheelhouse": str(_wheelhouse()),
                 # The reverse tunnel's end in the VM: no address but loopback.
                 "procmon_agent_mqtt_broker": "mqtt://127.0.0.1:1883",
+                "procmon_agent_mqtt_allow_plain": True,
                 "procmon_agent_host_id": HOST_ID,
                 "procmon_agent_mqtt_username": "",
                 "procmon_agent_mqtt_ca_cert": "",

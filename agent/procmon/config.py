@@ -6,6 +6,7 @@ variables (nested keys with ``__``, e.g. ``PROCMON_MQTT__BROKER``), the TOML fil
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from pathlib import Path
@@ -141,12 +142,32 @@ def _first_error_line(err: ValidationError, origin: str) -> str:
     return f"{origin}: {key}: {first['msg']}{more}"
 
 
+def _unknown_env_keys() -> list[str]:
+    """PROCMON_* variables that name no setting: pydantic-settings would ignore them, and a
+    misspelt PROCMON_STATS_INTERVAL (for ..._S) must not pass silently."""
+    known = {name.upper() for name in AgentConfig.model_fields}
+    unknown = []
+    for name in os.environ:
+        if not name.startswith("PROCMON_"):
+            continue
+        first = name[len("PROCMON_") :].split("__", 1)[0]
+        if first not in known:
+            unknown.append(name)
+    return sorted(unknown)
+
+
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> AgentConfig:
     """Read and validate the config; raise ConfigError with one line naming the culprit.
 
     ``path=None`` uses /etc/procmon/agent.toml when it exists, else defaults only. Overrides
     are nested dicts (``{"mqtt": {"broker": ...}}``) and win over everything else.
     """
+    unknown = _unknown_env_keys()
+    if unknown:
+        raise ConfigError(
+            f"environment: {unknown[0]}: no such setting (PROCMON_<KEY>, nested keys"
+            " with __, e.g. PROCMON_MQTT__BROKER)"
+        )
     explicit = path is not None
     toml_path = path if path is not None else DEFAULT_CONFIG_PATH
     if explicit and not toml_path.is_file():
@@ -164,6 +185,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     try:
         return settings_cls(**(overrides or {}))
     except ValidationError as exc:
-        raise ConfigError(_first_error_line(exc, str(toml_path))) from exc
+        origin = str(toml_path) if toml_path.exists() else "config (no file; environment, flags)"
+        raise ConfigError(_first_error_line(exc, origin)) from exc
     except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
         raise ConfigError(f"{toml_path}: invalid TOML: {exc}") from exc

@@ -8,10 +8,10 @@
 #   tests/fleet/fleet.sh status  list hosts and whether their ssh answers
 #
 # Environment (all optional):
-#   PROCMON_FLEET_CACHE  base rootfs cache         (default /var/cache/procmon-test)
-#   PROCMON_FLEET_RUN    per-run state: overlays, SSH key, inventory, logs
+#   PMTEST_FLEET_CACHE  base rootfs cache         (default /var/cache/procmon-test)
+#   PMTEST_FLEET_RUN    per-run state: overlays, SSH key, inventory, logs
 #                        (default <repo>/build/fleet)
-#   PROCMON_FLEET_HOSTS  number of hosts, 1..9     (default 3)
+#   PMTEST_FLEET_HOSTS  number of hosts, 1..9     (default 3)
 #
 # The hosts share the host's network namespace: each one's sshd listens on its own loopback
 # address (127.0.0.11, .12, ...), and a broker on 127.0.0.1 is reachable from every host.
@@ -21,9 +21,9 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-CACHE=${PROCMON_FLEET_CACHE:-/var/cache/procmon-test}
-RUN=${PROCMON_FLEET_RUN:-$REPO/build/fleet}
-NHOSTS=${PROCMON_FLEET_HOSTS:-3}
+CACHE=${PMTEST_FLEET_CACHE:-/var/cache/procmon-test}
+RUN=${PMTEST_FLEET_RUN:-$REPO/build/fleet}
+NHOSTS=${PMTEST_FLEET_HOSTS:-3}
 BASE=$CACHE/bookworm-base
 # Bump when the package list or the base customisation changes: the cache is rebuilt.
 BASE_VERSION=2

@@ -7,7 +7,7 @@
 # package list or the set-up rebuilds; otherwise the cached image is reused.
 set -euo pipefail
 
-cache=${1:-${PROCMON_VM_DIR:-build/vm}}
+cache=${1:-${PMTEST_VM_DIR:-build/vm}}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 mirror=${PROCMON_VM_MIRROR:-http://deb.debian.org/debian}
 packages=systemd-sysv,dbus,openssh-server,python3,python3-venv,python3-apt,python3-bpfcc,bpfcc-tools,linux-image-amd64,linux-headers-amd64,sudo,iproute2,ca-certificates,procps
