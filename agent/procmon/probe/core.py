@@ -55,6 +55,7 @@ class CoreProbe:
         self._knobs = knobs
         self._obj = 0
         self._links: list[int] = []
+        self._owned_fds: list[int] = []  # fds of adopted pins (a loaded object owns its own)
         self._ring = 0
         self._records = RecordBuffer()
         self._started = time.monotonic()
@@ -225,23 +226,22 @@ class CoreProbe:
         return sum(self._counter_buf)
 
     def kernel_drops(self) -> int:
-        """Records the probe could not reserve in the ring buffer, since attach."""
+        """Records the probe could not reserve in the ring buffer since it was loaded (for a
+        pinned probe: across agent restarts, so drops while no agent ran are counted too)."""
         return self._counter(COUNTER_DROPPED)
 
     def kernel_emitted(self) -> int:
         return self._counter(COUNTER_EMITTED)
 
     def _close_object(self) -> None:
-        for link in self._links:
-            self._bpf.bpf_link__destroy(link)
-        self._links = []
+        self.detach()
         if self._ring:
             self._bpf.ring_buffer__free(self._ring)
             self._ring = 0
         if self._obj:
             self._bpf.bpf_object__close(self._obj)
             self._obj = 0
-        for fd in getattr(self, "_owned_fds", []):
+        for fd in self._owned_fds:
             os.close(fd)
         self._owned_fds = []
 
