@@ -279,11 +279,9 @@ def wait_settled(recorder: Recorder, agent: FaultAgent, timeout: float = SLOW) -
 # --- broker down, restarted -----------------------------------------------------------------------
 
 
-@pytest.mark.timeout(max(600, int(OUTAGE_S * 3 + 300)))
-def test_broker_down_for_a_while_then_everything_is_replayed(
-    agent_ready: None, forkstorm: Path, tmp_path: Path, cleanup: Any
-) -> None:
-    rate = 200
+def _loopback_setup(tmp_path: Path, cleanup: Any) -> tuple[Mosquitto, FaultAgent, Recorder]:
+    """A persistent broker on loopback, an agent publishing to it and a recorder of its topics,
+    each stopped by the test's cleanup."""
     broker = Mosquitto(tmp_path / "broker", persistence=True)
     broker.start()
     cleanup(broker.kill)
@@ -291,6 +289,15 @@ def test_broker_down_for_a_while_then_everything_is_replayed(
     cleanup(agent.close)
     recorder = Recorder(tmp_path, agent.host, "127.0.0.1", broker.port)
     cleanup(recorder.close)
+    return broker, agent, recorder
+
+
+@pytest.mark.timeout(max(600, int(OUTAGE_S * 3 + 300)))
+def test_broker_down_for_a_while_then_everything_is_replayed(
+    agent_ready: None, forkstorm: Path, tmp_path: Path, cleanup: Any
+) -> None:
+    rate = 200
+    broker, agent, recorder = _loopback_setup(tmp_path, cleanup)
     n = int(rate * (OUTAGE_S + 10))
     storm = Storm(forkstorm, tmp_path / "bin").start(n, rate=rate, pid_namespace_of=agent.pid)
     cleanup(lambda: storm.proc and storm.proc.kill())
@@ -332,13 +339,7 @@ def test_broker_restarted_five_times_in_a_minute(
     agent_ready: None, forkstorm: Path, tmp_path: Path, cleanup: Any
 ) -> None:
     rate = 300
-    broker = Mosquitto(tmp_path / "broker", persistence=True)
-    broker.start()
-    cleanup(broker.kill)
-    agent = FaultAgent(tmp_path / "agent", broker.url)
-    cleanup(agent.close)
-    recorder = Recorder(tmp_path, agent.host, "127.0.0.1", broker.port)
-    cleanup(recorder.close)
+    broker, agent, recorder = _loopback_setup(tmp_path, cleanup)
     n = rate * 60
     storm = Storm(forkstorm, tmp_path / "bin").start(n, rate=rate, pid_namespace_of=agent.pid)
     cleanup(lambda: storm.proc and storm.proc.kill())
@@ -601,13 +602,7 @@ def test_spool_scribbled_while_running_is_replaced_counted_and_live_again(
 ) -> None:
     """The spool file, its WAL and its shared-memory index overwritten with random bytes while
     the agent runs (the start-up case is test_spool.py's garbage and truncated files)."""
-    broker = Mosquitto(tmp_path / "broker", persistence=True)
-    broker.start()
-    cleanup(broker.kill)
-    agent = FaultAgent(tmp_path / "agent", broker.url)
-    cleanup(agent.close)
-    recorder = Recorder(tmp_path, agent.host, "127.0.0.1", broker.port)
-    cleanup(recorder.close)
+    broker, agent, recorder = _loopback_setup(tmp_path, cleanup)
     warmup = Storm(forkstorm, tmp_path / "bin0").start(100, pid_namespace_of=agent.pid)
     wait_all(recorder, warmup, 102)  # the publisher's cursor is past row 100 now
     broker.stop()
