@@ -569,7 +569,9 @@ def test_broker_role_gives_each_host_only_its_own_prefix(fleet: Fleet) -> None:
         msgs = reader.wait_for(lambda m: any(t == "procmon/fleet2/status" for t, _, _ in m), 20)
     finally:
         reader.close()
-    assert [t for t, _, _ in msgs] == ["procmon/fleet2/exits", "procmon/fleet2/status"]
+    # QoS 1 is at-least-once: a publish retried over a reconnect may arrive twice (a CI run
+    # saw the status twice). The ACL is what this checks, so compare the distinct topics.
+    assert sorted({t for t, _, _ in msgs}) == ["procmon/fleet2/exits", "procmon/fleet2/status"]
 
     refused: list[Any] = []
     bad = _mqtt_client(ca, ("fleet2", "wrong"))
