@@ -1,0 +1,1 @@
+"""Who exited: exec, cgroup and container context joined to exit records."""
