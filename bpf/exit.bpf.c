@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
-/* procmon CO-RE probe: one record per process exit (or per thread exit on request).
+/* procmon CO-RE probe: one record per process exit (or per thread exit on request), plus
+ * the context userspace joins to exits: a slim record per exec (executable and args, read
+ * while the process still has them) and per cgroup v2 creation and removal (its path).
  * Filters run in the kernel, set before load as const volatile knobs, so that
  * unwanted exits never cost a ring-buffer record or a wakeup. */
 #include "vmlinux.h"
@@ -15,6 +17,7 @@ const volatile bool failed_only = false;  /* drop exits with status 0 and no sig
 const volatile __u32 target_pidns = 0;    /* pid-namespace inode to scope to; 0 = all */
 const volatile __u64 wakeup_bytes = 32768;/* batch wakeups until this much is queued... */
 const volatile __u64 wakeup_ns = 10000000;/* ...or until the oldest unannounced record is this old */
+const volatile bool capture_args = true;  /* off: exec records carry the executable only */
 
 __u64 last_wakeup_ns; /* racy across CPUs on purpose: an extra wakeup is harmless */
 
@@ -43,6 +46,22 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
+
+/* Context records are built here and sent trimmed (bpf_ringbuf_output): most command
+ * lines are far shorter than PROCMON_ARGS_LEN, and the ring is shared with exits. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exec_record);
+} exec_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cgroup_record);
+} cgroup_scratch SEC(".maps");
 
 /* Processes already reported, keyed by (signal_struct, leader start time). Only kernels
  * whose tracepoint lacks group_dead (e.g. 6.1) use it: two threads dying together can
@@ -119,19 +138,62 @@ static __always_inline __u32 process_status(struct task_struct *task)
 	return BPF_CORE_READ(task, group_leader, exit_code);
 }
 
+/* Batching keeps storms cheap; the time bound keeps a slow trickle from waiting for
+ * userspace's poll timeout. */
+static __always_inline __u64 wakeup_flag(__u64 now)
+{
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ||
+	    now - last_wakeup_ns >= wakeup_ns) {
+		last_wakeup_ns = now;
+		return BPF_RB_FORCE_WAKEUP;
+	}
+	return BPF_RB_NO_WAKEUP;
+}
+
+/* Whose exec the process's image comes from. self_exec_id counts a task's execs; fork
+ * copies it and records the parent's in parent_exec_id. So a process that never exec'd has
+ * both equal, and its parent has not exec'd since the fork when the parent's count still
+ * matches. A reaper (pid 1 of a namespace, a subreaper) may have adopted the process: then
+ * the chain is broken and the owner unknown. */
+static __always_inline void image_owner(struct task_struct *leader, struct exit_record *rec)
+{
+	struct task_struct *t = leader, *parent;
+	struct signal_struct *psig;
+	__u64 parent_exec_id;
+	__u32 pidns, nr;
+
+	rec->image_pid = 0;
+	rec->image_start_ns = 0;
+	for (int i = 0; i < PROCMON_IMAGE_DEPTH; i++) {
+		parent_exec_id = BPF_CORE_READ(t, parent_exec_id);
+		if (BPF_CORE_READ(t, self_exec_id) != parent_exec_id) {
+			rec->image_pid = BPF_CORE_READ(t, tgid);
+			rec->image_start_ns = BPF_CORE_READ(t, start_boottime);
+			return;
+		}
+		parent = BPF_CORE_READ(t, real_parent);
+		psig = BPF_CORE_READ(parent, signal);
+		pid_ns_of(parent, &pidns, &nr);
+		if (BPF_CORE_READ(parent, self_exec_id) != parent_exec_id || nr == 1 ||
+		    BPF_CORE_READ_BITFIELD_PROBED(psig, is_child_subreaper))
+			return;
+		t = BPF_CORE_READ(parent, group_leader);
+	}
+}
+
 static __always_inline void emit(struct task_struct *task, bool process, __u32 code,
 				 __u32 pidns, __u32 ns_pid)
 {
 	struct task_struct *leader = task->group_leader;
 	struct signal_struct *sig = task->signal;
 	struct exit_record *rec;
-	__u64 queued;
 
 	rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
 	if (!rec) {
 		count(PROCMON_CNT_DROPPED);
 		return;
 	}
+	rec->kind = PROCMON_REC_EXIT;
 	rec->ts_boot_ns = bpf_ktime_get_boot_ns();
 	rec->pid = task->tgid;
 	rec->tid = task->pid;
@@ -145,7 +207,9 @@ static __always_inline void emit(struct task_struct *task, bool process, __u32 c
 	rec->max_rss_pages = max_rss_pages(task);
 	rec->flags = process ? PROCMON_F_GROUP_DEAD : PROCMON_F_THREAD;
 	rec->_pad = 0;
+	image_owner(leader, rec);
 	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
+	BPF_CORE_READ_STR_INTO(&rec->parent_comm, task, real_parent, comm);
 
 	if (process) {
 		/* Threads already gone were folded into signal_struct; a leader that exited
@@ -167,15 +231,19 @@ static __always_inline void emit(struct task_struct *task, bool process, __u32 c
 	}
 
 	count(PROCMON_CNT_EMITTED);
-	/* Batching keeps storms cheap; the time bound keeps a slow trickle from waiting
-	 * for userspace's poll timeout. */
-	queued = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	if (queued >= wakeup_bytes || rec->ts_boot_ns - last_wakeup_ns >= wakeup_ns) {
-		last_wakeup_ns = rec->ts_boot_ns;
-		bpf_ringbuf_submit(rec, BPF_RB_FORCE_WAKEUP);
-	} else {
-		bpf_ringbuf_submit(rec, BPF_RB_NO_WAKEUP);
-	}
+	bpf_ringbuf_submit(rec, wakeup_flag(rec->ts_boot_ns));
+}
+
+/* The agent itself and, with a pid-namespace scope, other namespaces are not reported. */
+static __always_inline bool out_of_scope(__u32 pidns, __u32 ns_pid)
+{
+	struct self_id *self;
+	__u32 zero = 0;
+
+	if (target_pidns && pidns != target_pidns)
+		return true;
+	self = bpf_map_lookup_elem(&self_id, &zero);
+	return self && self->tgid && ns_pid == self->tgid && pidns == self->pidns;
 }
 
 /* Every thread exit passes here; per_thread adds a thread record to the process record
@@ -183,16 +251,12 @@ static __always_inline void emit(struct task_struct *task, bool process, __u32 c
 static __always_inline int handle_exit(bool group_dead)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
-	__u32 pidns, ns_pid, code, zero = 0;
-	struct self_id *self;
+	__u32 pidns, ns_pid, code;
 
 	if (!per_thread && !group_dead)
 		return 0;
 	pid_ns_of(task->group_leader, &pidns, &ns_pid);
-	if (target_pidns && pidns != target_pidns)
-		return 0;
-	self = bpf_map_lookup_elem(&self_id, &zero);
-	if (self && self->tgid && ns_pid == self->tgid && pidns == self->pidns)
+	if (out_of_scope(pidns, ns_pid))
 		return 0;
 
 	if (per_thread) {
@@ -232,6 +296,91 @@ int exit_tp(void *ctx)
 	else
 		group_dead = fallback_group_dead(task);
 	return handle_exit(group_dead);
+}
+
+/* After exec the new image's argv sits in the process's memory and the task is current:
+ * read both now, so that a process living a millisecond still has them at exit. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(exec_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct exec_record *rec;
+	__u32 zero = 0, pidns, ns_pid, size = 0;
+	__u64 start, total;
+	struct mm_struct *mm;
+
+	pid_ns_of(p, &pidns, &ns_pid);
+	if (out_of_scope(pidns, ns_pid))
+		return 0;
+	rec = bpf_map_lookup_elem(&exec_scratch, &zero);
+	if (!rec)
+		return 0;
+	rec->kind = PROCMON_REC_EXEC;
+	rec->flags = 0;
+	rec->ts_boot_ns = bpf_ktime_get_boot_ns();
+	rec->start_boot_ns = BPF_CORE_READ(p, group_leader, start_boottime);
+	rec->pid = p->tgid;
+	rec->args_total = 0;
+	bpf_probe_read_kernel_str(rec->filename, sizeof(rec->filename), BPF_CORE_READ(bprm, filename));
+	if (capture_args) {
+		mm = BPF_CORE_READ(p, mm);
+		start = BPF_CORE_READ(mm, arg_start);
+		total = BPF_CORE_READ(mm, arg_end) - start;
+		size = total < PROCMON_ARGS_LEN ? total : PROCMON_ARGS_LEN;
+		if (total > PROCMON_ARGS_LEN)
+			rec->flags |= PROCMON_F_ARGS_TRUNCATED;
+		if (size > PROCMON_ARGS_LEN) /* for the verifier: never true */
+			size = PROCMON_ARGS_LEN;
+		if (bpf_probe_read_user(rec->args, size, (void *)start))
+			size = 0;
+		rec->args_total = total;
+	} else {
+		rec->flags |= PROCMON_F_NO_ARGS;
+	}
+	rec->args_size = size;
+	if (bpf_ringbuf_output(&events, rec, offsetof(struct exec_record, args) + size,
+			       wakeup_flag(rec->ts_boot_ns)))
+		count(PROCMON_CNT_CONTEXT_DROPPED);
+	return 0;
+}
+
+/* The default (v2) hierarchy has id 0; v1 hierarchies number their kernfs ids apart. */
+static __always_inline int emit_cgroup(struct cgroup *cgrp, const char *path, __u32 kind)
+{
+	struct cgroup_record *rec;
+	__u32 zero = 0;
+	long size = 0;
+
+	if (BPF_CORE_READ(cgrp, root, hierarchy_id) != 0)
+		return 0;
+	rec = bpf_map_lookup_elem(&cgroup_scratch, &zero);
+	if (!rec)
+		return 0;
+	rec->kind = kind;
+	rec->id = BPF_CORE_READ(cgrp, kn, id);
+	if (path) {
+		size = bpf_probe_read_kernel_str(rec->path, sizeof(rec->path), path);
+		if (size < 0)
+			size = 0;
+		if (size > PROCMON_CGROUP_PATH_LEN)
+			size = PROCMON_CGROUP_PATH_LEN;
+	}
+	rec->path_size = size;
+	if (bpf_ringbuf_output(&events, rec, offsetof(struct cgroup_record, path) + size,
+			       wakeup_flag(bpf_ktime_get_boot_ns())))
+		count(PROCMON_CNT_CONTEXT_DROPPED);
+	return 0;
+}
+
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(cgroup_mkdir_btf, struct cgroup *cgrp, const char *path)
+{
+	return emit_cgroup(cgrp, path, PROCMON_REC_CGROUP_MKDIR);
+}
+
+SEC("tp_btf/cgroup_rmdir")
+int BPF_PROG(cgroup_rmdir_btf, struct cgroup *cgrp, const char *path)
+{
+	return emit_cgroup(cgrp, NULL, PROCMON_REC_CGROUP_RMDIR);
 }
 
 char LICENSE[] SEC("license") = "GPL";

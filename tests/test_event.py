@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from procmon.event import EventBuilder, ExitEvent, _split_cputime
-from procmon.probe.record import FLAG_GROUP_DEAD, FLAG_THREAD, RECORD, RECORD_SIZE, RawExit, decode
+from procmon.probe.record import (
+    EXIT_RECORD_SIZE,
+    FLAG_GROUP_DEAD,
+    FLAG_THREAD,
+    RawExit,
+    decode,
+    encode_exit,
+)
 from procmon.sinks.stdout import render, seed_lines
 
 BOOT_ID = "0f6d1f9e-3c1a-4d8b-9a57-1b2c3d4e5f60"
@@ -34,6 +41,7 @@ def raw(**overrides: object) -> RawExit:
         ns_pid=1234,
         flags=FLAG_GROUP_DEAD,
         comm=b"ls",
+        parent_comm=b"bash",
     )
     base.update(overrides)
     return RawExit(**base)  # type: ignore[arg-type]
@@ -44,9 +52,9 @@ def builder() -> EventBuilder:
 
 
 def test_record_layout_matches_c_struct() -> None:
-    assert RECORD_SIZE == 112  # sizeof(struct exit_record) in bpf/exit_record.h
-    packed = RECORD.pack(*raw(comm=b"sh")[:16], b"sh".ljust(16, b"\0"))
-    assert decode(packed).comm == b"sh"
+    assert EXIT_RECORD_SIZE == 144  # sizeof(struct exit_record) in bpf/exit_record.h
+    record = raw(comm=b"sh")
+    assert decode(encode_exit(record)) == record
 
 
 def test_exit_code_and_no_signal() -> None:

@@ -40,7 +40,7 @@ from mqtt_fixtures import (  # noqa: F401 - broker, mosquitto_ready, subscribers
 from procmon.broker_url import BrokerConfigError, BrokerOptions
 from procmon.config import ConfigError, load_config
 from procmon.event import EventBuilder, ExitEvent
-from procmon.probe.record import FLAG_GROUP_DEAD, FLAG_THREAD, RECORD, decode
+from procmon.probe.record import FLAG_GROUP_DEAD, FLAG_THREAD, RawExit, decode, encode_exit
 from procmon.sinks.stdout import SEED_PREFIX, render
 from procmon.subscribe import ExitConsumer
 
@@ -78,13 +78,13 @@ comm_bytes = st.one_of(
 
 
 def record(comm: bytes, thread: bool, pid: int, status: int) -> bytes:
-    """A ring-buffer record as the probe writes it, comm NUL-padded to 16 bytes."""
+    """A ring-buffer record as the probe writes it, comms NUL-padded to 16 bytes."""
     fields = (
         5_000_000_000, 4_000_000_000, 8_000_000, 4_000_000, 15_000_000, 100, 42,
         pid, pid, 1, 1000, 1000, status, 4026531836, pid,
         FLAG_THREAD if thread else FLAG_GROUP_DEAD,
     )  # fmt: skip
-    return RECORD.pack(*fields, comm.ljust(16, b"\0"))
+    return encode_exit(RawExit(*fields, comm, comm))
 
 
 @settings(max_examples=400, deadline=None)
@@ -100,7 +100,7 @@ def test_any_task_name_gives_valid_output_in_every_format(
 ) -> None:
     comm = comm[:15]
     raw = decode(record(comm, thread, pid, status))
-    assert raw.comm == comm  # the decoder keeps the bytes up to the NUL
+    assert raw.comm == raw.parent_comm == comm  # the decoder keeps the bytes up to the NUL
     event = EventBuilder("host-a", "core", boot_id=BOOT_ID).build(raw)
     event.comm.encode("utf-8")  # a str without lone surrogates
 

@@ -25,7 +25,7 @@ from mqtt_fixtures import (  # noqa: F401 - fixtures
     unique_host,
     wait_until,
 )
-from procmon.probe import ProbeKnobs
+from procmon.probe import ProbeKnobs, RawExit
 from procmon.probe.core import CoreProbe, unpin_all
 
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("bpf_ready")]
@@ -44,7 +44,7 @@ def pin_root() -> Iterator[Path]:
 def exits_of(probe: CoreProbe, pids: set[int]) -> set[int]:
     seen: set[int] = set()
     for _ in range(40):
-        seen |= {r.pid for r in probe.poll(50) if r.pid in pids}
+        seen |= {r.pid for r in probe.poll(50) if isinstance(r, RawExit) and r.pid in pids}
         if seen == pids:
             break
     return seen

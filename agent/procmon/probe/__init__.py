@@ -11,19 +11,31 @@ from pathlib import Path
 from typing import Protocol
 
 from procmon.probe.knobs import ProbeKnobs
-from procmon.probe.record import RawExit
+from procmon.probe.record import RawCgroup, RawExec, RawExit, RawRecord
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 
-__all__ = ["BTF_PATH", "Probe", "ProbeKnobs", "RawExit", "choose_backend", "open_probe"]
+__all__ = [
+    "BTF_PATH",
+    "Probe",
+    "ProbeKnobs",
+    "RawCgroup",
+    "RawExec",
+    "RawExit",
+    "RawRecord",
+    "choose_backend",
+    "open_probe",
+]
 
 
 class Probe(Protocol):
     backend: str
     attach_seconds: float
+    has_context: bool  # exec and cgroup records flow besides exits
 
-    def poll(self, timeout_ms: int) -> list[RawExit]: ...
+    def poll(self, timeout_ms: int) -> list[RawRecord]: ...
     def kernel_drops(self) -> int: ...
+    def context_drops(self) -> int: ...
     def detach(self) -> None: ...
     def close(self) -> None: ...
 

@@ -14,10 +14,11 @@ from pathlib import Path
 from procmon.probe import BTF_PATH, libbpf
 from procmon.probe.knobs import ProbeKnobs
 from procmon.probe.record import (
+    COUNTER_CONTEXT_DROPPED,
     COUNTER_DROPPED,
     COUNTER_EMITTED,
     RECORD_VERSION,
-    RawExit,
+    RawRecord,
     RecordBuffer,
 )
 
@@ -26,6 +27,8 @@ log = logging.getLogger("procmon.probe")
 # Preferred first: tp_btf reads the tracepoint's arguments directly; the classic tracepoint
 # is the fallback where tp_btf does not load.
 PROGRAMS = (b"exit_btf", b"exit_tp")
+# The context joined to exits (exe, args, cgroup paths): attached beside the exit program.
+CONTEXT_PROGRAMS = (b"exec_btf", b"cgroup_mkdir_btf", b"cgroup_rmdir_btf")
 
 
 def bundled_object() -> Path:
@@ -74,10 +77,15 @@ class CoreProbe:
 
     def _load_fresh(self) -> None:
         last_error: libbpf.LibbpfError | None = None
-        for program in PROGRAMS:
+        # Without context the exits still flow: a kernel refusing the exec or cgroup
+        # programs costs the enrichment (null fields, one warning), not the events.
+        with_context = (True, False) if self._knobs.capture_exec else (False,)
+        attempts = [(p, c) for c in with_context for p in PROGRAMS]
+        for program, context in attempts:
             try:
-                self._load_and_attach(program)
+                self._load_and_attach(program, context)
                 self.program = program.decode()
+                self.has_context = context
                 break
             except libbpf.LibbpfError as exc:
                 log.info("program %s did not load or attach: %s", program.decode(), exc)
@@ -85,13 +93,19 @@ class CoreProbe:
                 self._close_object()
         else:
             raise _explain(last_error)
+        if self._knobs.capture_exec and not self.has_context:
+            log.warning(
+                "exec and cgroup context unavailable (%s): events carry no exe, "
+                "args or cgroup path",
+                last_error,
+            )
         self._ring_fd = self._bpf.bpf_map__fd(self._map(b"events"))
         self._counters_fd = self._bpf.bpf_map__fd(self._map(b"counters"))
         self._self_fd = self._bpf.bpf_map__fd(self._map(b"self_id"))
         if self._pins is not None:
             self._pin(self._pins)
 
-    def _load_and_attach(self, program: bytes) -> None:
+    def _load_and_attach(self, program: bytes, context: bool) -> None:
         bpf = self._bpf
         # Relocate against vmlinux BTF only: without CAP_SYS_ADMIN libbpf 1.1 cannot iterate
         # kernel-module BTFs and fails the load (seen on Debian's 6.1 as the agent's user).
@@ -102,22 +116,25 @@ class CoreProbe:
             bpf.bpf_object__open_file(str(self._path).encode(), ctypes.byref(opts)),
             f"opening {self._path}",
         )
-        for name in PROGRAMS:
+        wanted = (program, *CONTEXT_PROGRAMS) if context else (program,)
+        for name in PROGRAMS + CONTEXT_PROGRAMS:
             prog = libbpf.check_ptr(
                 bpf.bpf_object__find_program_by_name(self._obj, name), f"finding {name.decode()}"
             )
-            bpf.bpf_program__set_autoload(prog, name == program)
+            bpf.bpf_program__set_autoload(prog, name in wanted)
         self._set_knobs()
         libbpf.check_rc(
             bpf.bpf_map__set_max_entries(self._map(b"events"), self._knobs.ring_size_bytes),
             "sizing ring",
         )
         libbpf.check_rc(bpf.bpf_object__load(self._obj), "loading the BPF object")
-        prog = bpf.bpf_object__find_program_by_name(self._obj, program)
-        ctypes.set_errno(0)
-        self._links.append(
-            libbpf.check_ptr(bpf.bpf_program__attach(prog), f"attaching {program.decode()}")
-        )
+        # The exit program's link first: it is the one _pin() marks a complete set with.
+        for name in wanted:
+            prog = bpf.bpf_object__find_program_by_name(self._obj, name)
+            ctypes.set_errno(0)
+            self._links.append(
+                libbpf.check_ptr(bpf.bpf_program__attach(prog), f"attaching {name.decode()}")
+            )
 
     def _pin(self, pins: Path) -> None:
         """Pin maps and link; on failure run unpinned (a restart then loses its gap)."""
@@ -130,7 +147,12 @@ class CoreProbe:
                     self._bpf.bpf_map__pin(self._map(name), str(pins / name.decode()).encode()),
                     f"pinning map {name.decode()}",
                 )
-            # The link last: its presence marks a complete set of pins.
+            # The exit link last: its presence marks a complete set of pins.
+            for i, link in enumerate(self._links[1:]):
+                libbpf.check_rc(
+                    self._bpf.bpf_link__pin(link, str(pins / f"link-context{i}").encode()),
+                    "pinning a context link",
+                )
             libbpf.check_rc(
                 self._bpf.bpf_link__pin(self._links[0], str(pins / "link").encode()),
                 "pinning the link",
@@ -155,6 +177,7 @@ class CoreProbe:
         )
         self._owned_fds = list(fds.values())
         self.program = f"pinned {pins.name}"
+        self.has_context = (pins / "link-context0").exists()
         self.reused_pins = True
 
     def _set_self_id(self) -> None:
@@ -204,7 +227,7 @@ class CoreProbe:
 
     # --- running ------------------------------------------------------------------------
 
-    def poll(self, timeout_ms: int) -> list[RawExit]:
+    def poll(self, timeout_ms: int) -> list[RawRecord]:
         """Wait up to timeout_ms for a wakeup, then drain everything queued."""
         rc = self._bpf.ring_buffer__poll(self._ring, timeout_ms)
         if rc < 0 and rc != -4:  # -EINTR: a signal arrived; the caller checks its flags
@@ -229,6 +252,10 @@ class CoreProbe:
         """Records the probe could not reserve in the ring buffer since it was loaded (for a
         pinned probe: across agent restarts, so drops while no agent ran are counted too)."""
         return self._counter(COUNTER_DROPPED)
+
+    def context_drops(self) -> int:
+        """Exec and cgroup records lost: those exits carry null context, counted here."""
+        return self._counter(COUNTER_CONTEXT_DROPPED)
 
     def kernel_emitted(self) -> int:
         return self._counter(COUNTER_EMITTED)
@@ -263,7 +290,7 @@ def _pin_tag(obj_path: Path, knobs: ProbeKnobs) -> str:
     """Pins are reusable only by the same object, record layout, knobs and ring size."""
     digest = hashlib.sha256(obj_path.read_bytes())
     digest.update(repr(sorted(knobs.as_rodata().items())).encode())
-    digest.update(str(knobs.ring_size_bytes).encode())
+    digest.update(f"{knobs.ring_size_bytes}:{knobs.capture_exec}".encode())
     return _PIN_PREFIX + digest.hexdigest()[:16]
 
 

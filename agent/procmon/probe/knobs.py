@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from procmon.config import ProbeConfig
+from procmon.config import EnrichConfig, ProbeConfig
 
 
 def own_pidns_inode() -> int:
@@ -24,9 +24,14 @@ class ProbeKnobs:
     wakeup_bytes: int = 32768
     wakeup_ns: int = 10_000_000
     ring_size_bytes: int = 4 << 20
+    # Context for enrichment: exec and cgroup records (programs attached or not), and
+    # whether exec records carry the args.
+    capture_exec: bool = True
+    capture_args: bool = True
 
     @classmethod
-    def from_config(cls, cfg: ProbeConfig) -> ProbeKnobs:
+    def from_config(cls, cfg: ProbeConfig, enrich: EnrichConfig | None = None) -> ProbeKnobs:
+        enrich = enrich or EnrichConfig()
         return cls(
             per_thread=cfg.per_thread,
             failed_only=cfg.failed_only,
@@ -36,6 +41,8 @@ class ProbeKnobs:
             wakeup_bytes=cfg.wakeup_bytes,
             wakeup_ns=cfg.wakeup_latency_ms * 1_000_000,
             ring_size_bytes=_power_of_two(cfg.ring_size_kb * 1024),
+            capture_exec=enrich.enabled,
+            capture_args=enrich.enabled and enrich.capture_args,
         )
 
     def as_rodata(self) -> dict[str, int]:
@@ -46,6 +53,7 @@ class ProbeKnobs:
             "target_pidns": self.target_pidns,
             "wakeup_bytes": self.wakeup_bytes,
             "wakeup_ns": self.wakeup_ns,
+            "capture_args": int(self.capture_args),
         }
 
 

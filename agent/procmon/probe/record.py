@@ -1,4 +1,8 @@
-"""The raw exit record, exactly as both probe backends write it (bpf/exit_record.h)."""
+"""The raw records, exactly as both probe backends write them (bpf/exit_record.h).
+
+One ring buffer carries exits and the context joined to them (execs, cgroup creations and
+removals), in the order they happened. Every record starts with its kind.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,23 @@ from typing import NamedTuple
 
 log = logging.getLogger("procmon.probe")
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+KIND_EXIT = 1
+KIND_EXEC = 2
+KIND_CGROUP_MKDIR = 3
+KIND_CGROUP_RMDIR = 4
 FLAG_THREAD = 0x1
 FLAG_GROUP_DEAD = 0x2
+EXEC_ARGS_TRUNCATED = 0x1
+EXEC_NO_ARGS = 0x2
 COUNTER_DROPPED = 0
 COUNTER_EMITTED = 1
-COUNTER_SLOTS = 2
+COUNTER_CONTEXT_DROPPED = 2
+COUNTER_SLOTS = 3
 
 
 class RawExit(NamedTuple):
-    """One record from the ring buffer; field order and types mirror struct exit_record."""
+    """One exit; the fields of struct exit_record (kind aside), flags and comms last."""
 
     ts_boot_ns: int
     start_boot_ns: int
@@ -37,10 +48,40 @@ class RawExit(NamedTuple):
     ns_pid: int
     flags: int
     comm: bytes
+    parent_comm: bytes = b""
+    # The process whose exec this image comes from (itself, or the ancestor it was forked
+    # from without exec); 0 when unknown.
+    image_pid: int = 0
+    image_start_ns: int = 0
 
 
-RECORD = struct.Struct("<7Q9I16s4x")
-RECORD_SIZE = RECORD.size  # 112, asserted against the C struct in tests
+class RawExec(NamedTuple):
+    """struct exec_record: what a process became at its last exec."""
+
+    ts_boot_ns: int
+    start_boot_ns: int
+    pid: int
+    filename: bytes
+    args: list[bytes] | None  # None: capture_args is off
+    args_truncated: bool
+
+
+class RawCgroup(NamedTuple):
+    """struct cgroup_record: a cgroup v2 directory created (with its path) or removed."""
+
+    removed: bool
+    cgroup_id: int
+    path: bytes | None  # None on removal, or when the path did not fit
+
+
+RawRecord = RawExit | RawExec | RawCgroup
+
+EXIT_RECORD = struct.Struct("<II7Q8I16s16sQI4x")
+EXIT_RECORD_SIZE = EXIT_RECORD.size  # 144, asserted against the C struct in tests
+EXEC_HEADER = struct.Struct("<II2QIIQ256s")  # everything before args[]
+CGROUP_HEADER = struct.Struct("<IIQ")  # everything before path[]
+CGROUP_PATH_LEN = 512
+_KIND = struct.Struct("<I")
 
 
 class RecordBuffer:
@@ -51,23 +92,66 @@ class RecordBuffer:
     """
 
     def __init__(self) -> None:
-        self._records: list[RawExit] = []
+        self._records: list[RawRecord] = []
 
     def on_sample(self, _ctx: object, data: int, size: int) -> int:
         try:
             self._records.append(decode(ctypes.string_at(data, size)))
-        except Exception:  # pragma: no cover - defensive; the layout makes it impossible
+        except Exception:
             log.exception("undecodable ring-buffer record of %d bytes", size)
         return 0
 
-    def take(self) -> list[RawExit]:
+    def take(self) -> list[RawRecord]:
         out, self._records = self._records, []
         return out
 
 
-def decode(data: bytes) -> RawExit:
-    """Decode one record; the comm keeps its raw bytes up to the first NUL."""
-    fields = RECORD.unpack(data[:RECORD_SIZE])
-    comm = fields[16]
-    end = comm.find(b"\0")
-    return RawExit._make((*fields[:16], comm if end < 0 else comm[:end]))
+def _cstr(raw: bytes) -> bytes:
+    end = raw.find(b"\0")
+    return raw if end < 0 else raw[:end]
+
+
+def decode(data: bytes) -> RawRecord:
+    """Decode one record of any kind; strings keep their raw bytes up to the first NUL."""
+    (kind,) = _KIND.unpack_from(data)
+    if kind == KIND_EXIT:
+        return decode_exit(data)
+    if kind == KIND_EXEC:
+        return _decode_exec(data)
+    if kind in (KIND_CGROUP_MKDIR, KIND_CGROUP_RMDIR):
+        _, path_size, cgroup_id = CGROUP_HEADER.unpack_from(data)
+        path = data[CGROUP_HEADER.size : CGROUP_HEADER.size + path_size]
+        # A path that filled the buffer may have been cut: unknown rather than wrong.
+        complete = 0 < path_size < CGROUP_PATH_LEN
+        return RawCgroup(kind == KIND_CGROUP_RMDIR, cgroup_id, _cstr(path) if complete else None)
+    raise ValueError(f"unknown record kind {kind}")
+
+
+def decode_exit(data: bytes) -> RawExit:
+    f = EXIT_RECORD.unpack_from(data)
+    return RawExit._make((*f[2:17], f[1], _cstr(f[17]), _cstr(f[18]), f[20], f[19]))
+
+
+def encode_exit(raw: RawExit) -> bytes:
+    """The inverse of decode_exit, for tests and tools that replay records."""
+    return EXIT_RECORD.pack(
+        KIND_EXIT,
+        raw.flags,
+        *raw[:15],
+        raw.comm[:16],
+        raw.parent_comm[:16],
+        raw.image_start_ns,
+        raw.image_pid,
+    )
+
+
+def _decode_exec(data: bytes) -> RawExec:
+    _, flags, ts, start, pid, args_size, _total, filename = EXEC_HEADER.unpack_from(data)
+    args: list[bytes] | None = None
+    if not flags & EXEC_NO_ARGS:
+        blob = data[EXEC_HEADER.size : EXEC_HEADER.size + args_size]
+        # argv is NUL-separated with a final NUL; a truncated one ends mid-argument.
+        args = blob[:-1].split(b"\0") if blob.endswith(b"\0") else blob.split(b"\0")
+        if args == [b""]:
+            args = []
+    return RawExec(ts, start, pid, _cstr(filename), args, bool(flags & EXEC_ARGS_TRUNCATED))
