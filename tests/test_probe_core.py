@@ -13,33 +13,41 @@ from typing import Any
 import pytest
 
 import exit_cases
+from procmon.config import EnrichConfig
+from procmon.enrich.context import ProcessContext
 from procmon.event import EventBuilder, ExitEvent
-from procmon.probe import ProbeKnobs, RawExit
+from procmon.probe import ProbeKnobs, RawExit, RawRecord
 from procmon.probe.core import CoreProbe
 
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("bpf_ready")]
 
 
 class Collector:
-    """Owns an attached probe; collects events until a condition holds or time runs out."""
+    """Owns an attached probe; collects events until a condition holds or time runs out.
+    Context records go to a ProcessContext, as in the agent's pipeline."""
 
-    def __init__(self, knobs: ProbeKnobs) -> None:
+    def __init__(self, knobs: ProbeKnobs, enrich: EnrichConfig | None = None) -> None:
         self.probe = CoreProbe(knobs)
-        self.builder = EventBuilder("test-host", "core")
+        self.context = ProcessContext(enrich or EnrichConfig()) if self.probe.has_context else None
+        self.builder = EventBuilder("test-host", "core", context=self.context)
         self.events: list[ExitEvent] = []
+
+    def _ingest(self, records: list[RawRecord]) -> None:
+        for r in records:
+            if isinstance(r, RawExit):
+                self.events.append(self.builder.build(r))
+            elif self.context is not None:
+                self.context.observe(r)
 
     def poll_until(self, done: Callable[[list[ExitEvent]], bool], timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while not done(self.events) and time.monotonic() < deadline:
-            self.events.extend(self.builder.build(r) for r in self.probe.poll(50))
+            self._ingest(self.probe.poll(50))
         # One more short poll: a condition like "exactly one" must also hold a moment later.
-        self.events.extend(self.builder.build(r) for r in self.probe.poll(100))
+        self._ingest(self.probe.poll(100))
 
     def of_pid(self, pid: int) -> list[ExitEvent]:
         return [e for e in self.events if e.pid == pid]
-
-    def raw_poll(self) -> list[RawExit]:
-        return self.probe.poll(50)
 
     def close(self) -> None:
         self.probe.detach()
@@ -50,9 +58,9 @@ class Collector:
 def collect() -> Iterator[Callable[..., Collector]]:
     made: list[Collector] = []
 
-    def make(**knobs: Any) -> Collector:
+    def make(enrich: EnrichConfig | None = None, **knobs: Any) -> Collector:
         knobs.setdefault("self_tgid", 0)
-        c = Collector(ProbeKnobs(**knobs))
+        c = Collector(ProbeKnobs(**knobs), enrich)
         made.append(c)
         return c
 
@@ -195,5 +203,11 @@ def test_fork_storm_no_drops(collect: Callable[..., Collector], forkstorm: Path)
     subprocess.run([str(binary), str(n), "2"], check=True, stdout=subprocess.DEVNULL)
     expected = n + 2 + 1  # children, two workers, the main process
     c.poll_until(lambda evs: sum(e.comm == name for e in evs) >= expected, timeout=60)
-    assert sum(e.comm == name for e in c.events) == expected
+    ours = [e for e in c.events if e.comm == name]
+    assert len(ours) == expected
     assert c.probe.kernel_drops() == 0
+    # With enrichment on: every child shares its worker's image and says so.
+    children = [e for e in ours if e.exec_source == "fork"]
+    assert len(children) >= n, "children that never exec'd inherit the image"
+    assert all(e.exe == str(binary) for e in ours), {e.exe for e in ours}
+    assert c.probe.context_drops() == 0

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from procmon import __version__, sdnotify
 from procmon.broker_url import BrokerConfigError, BrokerOptions
 from procmon.config import AgentConfig, ConfigError, load_config
+from procmon.enrich.context import open_context
 from procmon.event import EventBuilder
 from procmon.pipeline import Pipeline
 from procmon.probe import Probe, ProbeKnobs, open_probe
@@ -93,15 +94,16 @@ class Agent:
         self._options = options
         spool = Spool(cfg.spool.path, cfg.spool.max_events) if cfg.sinks.mqtt else None
         try:
-            self.probe: Probe = open_probe(
-                cfg.probe.backend, ProbeKnobs.from_config(cfg.probe), cfg.probe.pin_dir
-            )
+            self.probe: Probe = _open_probe(cfg)
         except BaseException:
             if spool is not None:
                 spool.close()
             raise
         self._probe_live = True
-        self.builder = EventBuilder(cfg.host_id, _backend(self.probe))
+        self._context_drops_before = 0
+        self.builder = EventBuilder(
+            cfg.host_id, _backend(self.probe), context=open_context(cfg.enrich, self.probe)
+        )
         self.mqtt = self._open_mqtt(cfg, spool, options) if spool and options else None
         self.local_sinks = self._open_local_sinks(cfg)
         self.pipeline = self._new_pipeline()
@@ -152,6 +154,9 @@ class Agent:
             "events_seen": self.events_seen,
             "dropped_kernel": self._drops_before
             + (self.probe.kernel_drops() if self._probe_live else 0),
+            # exec/cgroup records lost: those exits still arrive, with null context
+            "dropped_context_kernel": self._context_drops_before
+            + (self.probe.context_drops() if self._probe_live else 0),
             "uptime_s": round(time.monotonic() - self._started, 3),
         }
 
@@ -193,6 +198,7 @@ class Agent:
         self.probe.detach()
         self.pipeline.step(timeout_ms=0)
         self._drops_before += self.probe.kernel_drops()
+        self._context_drops_before += self.probe.context_drops()
         self._probe_live = False
         self.probe.close()
 
@@ -236,17 +242,19 @@ class Agent:
     def _apply(self, new: AgentConfig, options: BrokerOptions | None) -> None:
         old, self.cfg = self.cfg, new
         _setup_logging(new.log_level)
-        if new.probe != old.probe:
+        probe_changed = (new.probe, new.enrich) != (old.probe, old.enrich)
+        if probe_changed:
             # Attach the new probe before dropping the old one: a short overlap gives
             # duplicates (same event_id), a gap would lose exits.
-            probe = open_probe(
-                new.probe.backend, ProbeKnobs.from_config(new.probe), new.probe.pin_dir
-            )
+            probe = _open_probe(new)
             self._drain_probe()
             self.probe = probe
             self._probe_live = True
-        if new.host_id != old.host_id or _backend(self.probe) != self.builder.probe:
-            self.builder = EventBuilder(new.host_id, _backend(self.probe))
+        if probe_changed or new.host_id != old.host_id:
+            context = self.builder.context
+            if new.enrich != old.enrich or self.probe.has_context != (context is not None):
+                context = open_context(new.enrich, self.probe)  # new rules apply to all it holds
+            self.builder = EventBuilder(new.host_id, _backend(self.probe), context=context)
         mqtt_changed = (new.host_id, new.mqtt, new.spool, new.sinks.mqtt, options) != (
             old.host_id,
             old.mqtt,
@@ -266,6 +274,11 @@ class Agent:
             self.local_sinks = self._open_local_sinks(new)
         self._seen_before += self.pipeline.counters.events_seen
         self.pipeline = self._new_pipeline()
+
+
+def _open_probe(cfg: AgentConfig) -> Probe:
+    knobs = ProbeKnobs.from_config(cfg.probe, cfg.enrich)
+    return open_probe(cfg.probe.backend, knobs, cfg.probe.pin_dir)
 
 
 def _backend(probe: Probe) -> Literal["core", "bcc"]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from procmon import __version__
-from procmon.config import ConfigError, ProbeConfig, load_config
+from procmon.config import ConfigError, EnrichConfig, ProbeConfig, load_config
 
 log = logging.getLogger("procmon")
 
@@ -48,6 +48,7 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    from procmon.enrich.context import open_context
     from procmon.event import EventBuilder
     from procmon.pipeline import Pipeline
     from procmon.probe import ProbeKnobs, open_probe
@@ -63,15 +64,20 @@ def cmd_tail(args: argparse.Namespace) -> int:
         exclude_self=True,
         ring_size_kb=args.ring_size_kb,
     )
+    enrich = EnrichConfig(enabled=not args.no_context, capture_args=not args.no_args)
     stop = StopFlag()
-    probe = open_probe(cfg.backend, ProbeKnobs.from_config(cfg))
+    probe = open_probe(cfg.backend, ProbeKnobs.from_config(cfg, enrich))
     log.info("attached %s backend in %.3f s", probe.backend, probe.attach_seconds)
     fmt: TextFormat = "json" if args.json else args.format
     sinks: list[Sink] = [StdoutSink(fmt, sys.stdout.buffer)]
     kmsg = KmsgSink() if args.kmsg else None
     if kmsg:
         sinks.append(kmsg)
-    builder = EventBuilder(args.host_id or _hostname(), probe.backend)  # type: ignore[arg-type]
+    builder = EventBuilder(
+        args.host_id or _hostname(),
+        probe.backend,  # type: ignore[arg-type]
+        context=open_context(enrich, probe),
+    )
     pipeline = Pipeline(probe, builder, sinks, cfg.poll_interval_ms, max_events=args.count)
     with contextlib.suppress(BrokenPipeError):  # the reader went away (`| head`): stop quietly
         pipeline.run(stop)
@@ -196,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--format", choices=["human", "json", "seed"], default="human")
     tail.add_argument("--failed", action="store_true", help="only non-zero exits and signals")
     tail.add_argument("--per-thread", action="store_true", help="every thread exit")
+    tail.add_argument(
+        "--no-context", action="store_true", help="no exe, args, cgroup path, unit or container"
+    )
+    tail.add_argument("--no-args", action="store_true", help="exe and cgroup, but no args")
     tail.add_argument("--pidns-scope", action="store_true", help="only this pid namespace")
     tail.add_argument("--count", type=_positive_int, help="stop after N events")
     tail.add_argument("--kmsg", action="store_true", help="also write seed lines to /dev/kmsg")

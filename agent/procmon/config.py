@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from procmon.enrich.redact import DEFAULT_REDACT_PATTERNS, DEFAULT_REDACT_VALUE_AFTER, Redactor
+
 DEFAULT_CONFIG_PATH = Path("/etc/procmon/agent.toml")
 
 # MQTT topic levels must not hold wildcards, separators or NUL; spaces break shell pipelines.
@@ -94,6 +96,29 @@ class SpoolConfig(_Section):
     max_events: int = Field(default=1_000_000, ge=100)
 
 
+class EnrichConfig(_Section):
+    """Who exited: exe and args (captured at exec), cgroup path, unit and container."""
+
+    enabled: bool = True
+    # Off: exec records carry no args at all; they never leave the kernel.
+    capture_args: bool = True
+    # Regexes applied to each argument before anything leaves the host; a named group
+    # `secret` limits the replacement to that part. See procmon.enrich.redact.
+    redact: tuple[str, ...] = DEFAULT_REDACT_PATTERNS
+    # An argument fully matching one of these makes the next argument secret.
+    redact_value_after: tuple[str, ...] = DEFAULT_REDACT_VALUE_AFTER
+    exec_cache_size: int = Field(default=32768, ge=64, le=1 << 22)
+    cgroup_cache_size: int = Field(default=65536, ge=64, le=1 << 22)
+    # How long a removed cgroup's path stays resolvable for exits still in flight.
+    cgroup_grace_s: float = Field(default=60.0, ge=0, le=3600)
+
+    @field_validator("redact", "redact_value_after")
+    @classmethod
+    def _compiles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        Redactor(value, ())  # raises ValueError naming the pattern that does not compile
+        return value
+
+
 class SinkConfig(_Section):
     mqtt: bool = True
     stdout: Literal["off", "json", "human", "seed"] = "off"
@@ -117,6 +142,7 @@ class AgentConfig(BaseSettings):
     mqtt: MqttConfig = MqttConfig()
     spool: SpoolConfig = SpoolConfig()
     sinks: SinkConfig = SinkConfig()
+    enrich: EnrichConfig = EnrichConfig()
 
     @field_validator("host_id")
     @classmethod

@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import signal as _signal
 import time
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from procmon.probe.record import FLAG_THREAD, RawExit
+
+if TYPE_CHECKING:
+    from procmon.enrich.context import ProcessContext
 
 SCHEMA_ID = "procmon.exit/v1"
 
@@ -80,6 +83,45 @@ class ExitEvent(BaseModel):
     cgroup_id: U64 = Field(description="cgroup v2 id (the inode of the cgroup's directory)")
     pidns_inode: U32
     ns_pid: U32 = Field(description="pid inside its own pid namespace")
+    # Who exited and where it ran (added in v1, optional: null when unknown, never guessed).
+    parent_comm: str | None = Field(
+        default=None, max_length=64, description="task name of the parent at exit"
+    )
+    exe: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="executable at the last exec, as exec was given it (a script's own "
+        "path, not its interpreter)",
+    )
+    args: tuple[str, ...] | None = Field(
+        default=None,
+        max_length=1024,
+        description="argv at the last exec, at most 1024 bytes, secrets redacted; null when "
+        "unknown or not captured",
+    )
+    args_truncated: bool | None = Field(
+        default=None, description="argv was longer than what args holds"
+    )
+    exec_source: Literal["exec", "fork", "proc"] | None = Field(
+        default=None,
+        description="where exe and args come from: the process's exec, its parent's (it "
+        "never exec'd and shares the parent's image), or /proc when the agent started",
+    )
+    cgroup: str | None = Field(
+        default=None, max_length=4096, description="cgroup v2 path of cgroup_id"
+    )
+    unit: str | None = Field(
+        default=None, max_length=256, description="systemd unit, e.g. nginx.service"
+    )
+    container_id: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description="recognized from the cgroup path"
+    )
+    container_runtime: Literal["docker", "containerd", "cri-o", "podman"] | None = None
+    pod_uid: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        description="Kubernetes pod uid",
+    )
 
 
 def signal_name(number: int) -> str:
@@ -116,10 +158,17 @@ class EventBuilder:
     Validation happens once, here; sinks serialize the model without re-validating.
     """
 
-    def __init__(self, host: str, probe: Literal["core", "bcc"], boot_id: str | None = None):
+    def __init__(
+        self,
+        host: str,
+        probe: Literal["core", "bcc"],
+        boot_id: str | None = None,
+        context: ProcessContext | None = None,
+    ):
         self.host = host
         self.probe: Literal["core", "bcc"] = probe
         self.boot_id = boot_id or read_boot_id()
+        self.context = context
         self._page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
         self.resync_clock()
 
@@ -136,6 +185,7 @@ class EventBuilder:
             f"{raw.tid}:{raw.start_boot_ns}:t" if is_thread else f"{raw.pid}:{raw.start_boot_ns}"
         )
         utime, stime = _split_cputime(raw.utime_ns, raw.stime_ns, raw.runtime_ns)
+        extra = self.context.for_exit(raw) if self.context is not None else {}
         return ExitEvent(
             event_id=f"{self.boot_id}:{ident}",
             scope="thread" if is_thread else "process",
@@ -160,4 +210,8 @@ class EventBuilder:
             cgroup_id=raw.cgroup_id,
             pidns_inode=raw.pidns_inode,
             ns_pid=raw.ns_pid,
+            parent_comm=raw.parent_comm.decode("utf-8", "backslashreplace")
+            if raw.parent_comm
+            else None,
+            **extra,
         )

@@ -6,8 +6,8 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from procmon.event import EventBuilder
-from procmon.probe import Probe
+from procmon.event import EventBuilder, ExitEvent
+from procmon.probe import Probe, RawExit
 from procmon.sinks import Sink
 
 log = logging.getLogger("procmon.pipeline")
@@ -52,15 +52,31 @@ class Pipeline:
             self.builder.resync_clock()
         if not raws:
             return 0
-        if self.max_events is not None:
-            raws = raws[: max(0, self.max_events - self.counters.events_seen)]
         build = self.builder.build
-        for start in range(0, len(raws), CHUNK):
-            events = [build(raw) for raw in raws[start : start + CHUNK]]
+        context = self.builder.context
+        events: list[ExitEvent] = []
+        delivered = 0
+        # Ring order is kept: an exec or cgroup record is known before the exits after it.
+        for raw in raws:
+            if isinstance(raw, RawExit):
+                if self.max_events is not None and (
+                    self.counters.events_seen + len(events) >= self.max_events
+                ):
+                    break
+                events.append(build(raw))
+                if len(events) == CHUNK:
+                    delivered += self._deliver(events)
+                    events = []
+            elif context is not None:
+                context.observe(raw)
+        return delivered + self._deliver(events)
+
+    def _deliver(self, events: list[ExitEvent]) -> int:
+        if events:
             self.counters.events_seen += len(events)
             for sink in self.sinks:
                 sink.emit(events)
-        return len(raws)
+        return len(events)
 
     def done(self) -> bool:
         return self.max_events is not None and self.counters.events_seen >= self.max_events

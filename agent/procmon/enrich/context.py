@@ -1,0 +1,94 @@
+"""ProcessContext: joins each exit with what the process was and where it ran.
+
+It consumes the probe's context records (exec, cgroup mkdir/rmdir) in ring order, so an exec
+is always known before the exit that follows it, and answers for each exit with the fields
+ExitEvent carries. Args are decoded and redacted once, when the exec is seen: nothing
+unredacted is kept, so nothing unredacted can leave the host.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from procmon.config import EnrichConfig
+from procmon.enrich.cgroup_cache import CgroupCache, cgroup2_mount
+from procmon.enrich.exec_cache import ExecCache
+from procmon.enrich.redact import Redactor
+from procmon.probe import Probe
+from procmon.probe.record import FLAG_THREAD, RawCgroup, RawExec, RawExit
+
+log = logging.getLogger("procmon.enrich")
+
+_UNKNOWN: dict[str, Any] = {
+    "exe": None,
+    "args": None,
+    "args_truncated": None,
+    "exec_source": None,
+}
+
+
+class ProcessContext:
+    def __init__(self, cfg: EnrichConfig) -> None:
+        self._redactor = Redactor(cfg.redact, cfg.redact_value_after)
+        self.execs = ExecCache(cfg.exec_cache_size, self._shape_args)
+        self.cgroups = CgroupCache(cfg.cgroup_cache_size, cfg.cgroup_grace_s)
+        self.redacted_args = 0
+
+    def _shape_args(self, args: Sequence[bytes]) -> tuple[str, ...]:
+        decoded = [a.decode("utf-8", "backslashreplace") for a in args]
+        shaped, redacted = self._redactor.redact(decoded)
+        self.redacted_args += redacted
+        return tuple(shaped)
+
+    def seed(self, proc: str = "/proc", cgroup_root: str | None = None) -> None:
+        """Learn what already runs. Call after the probe is attached, so nothing that
+        happens between the two is missed (a record queued meanwhile just refreshes it)."""
+        root = cgroup_root or cgroup2_mount()
+        processes = self.execs.seed_from_proc(proc)
+        cgroups = self.cgroups.seed(root)
+        log.info(
+            "context seeded: %d processes from %s, %d cgroups from %s",
+            processes,
+            proc,
+            cgroups,
+            root,
+        )
+
+    def observe(self, raw: RawExec | RawCgroup) -> None:
+        if isinstance(raw, RawExec):
+            self.execs.on_exec(raw)
+        elif raw.removed:
+            self.cgroups.on_rmdir(raw.cgroup_id)
+        elif raw.path is not None:
+            self.cgroups.on_mkdir(raw.cgroup_id, raw.path.decode("utf-8", "backslashreplace"))
+
+    def for_exit(self, raw: RawExit) -> dict[str, Any]:
+        """ExitEvent fields for this exit; unknown ones are None."""
+        fields = dict(_UNKNOWN)
+        info = self.execs.for_exit(raw, last=not raw.flags & FLAG_THREAD)
+        if info is not None:
+            fields["exe"] = info.exe
+            fields["args"] = info.args
+            fields["args_truncated"] = None if info.args is None else info.args_truncated
+            fields["exec_source"] = info.source
+        cgroup = self.cgroups.get(raw.cgroup_id)
+        if cgroup is not None:
+            ctx = cgroup.context
+            fields["cgroup"] = cgroup.path
+            fields["unit"] = ctx.unit
+            fields["container_id"] = ctx.container_id
+            fields["container_runtime"] = ctx.container_runtime
+            fields["pod_uid"] = ctx.pod_uid
+        return fields
+
+
+def open_context(cfg: EnrichConfig, probe: Probe) -> ProcessContext | None:
+    """A seeded context, or None when enrichment is off or the probe sends no context.
+    Call it once the probe is attached: whatever starts meanwhile is in the ring."""
+    if not (cfg.enabled and probe.has_context):
+        return None
+    context = ProcessContext(cfg)
+    context.seed()
+    return context

@@ -1,0 +1,124 @@
+"""What each live process is: its executable and args from its last exec.
+
+Filled from exec records as they arrive and, at start, from /proc for processes that were
+already running. An exit takes its own entry; a process that never exec'd takes the entry of
+the ancestor whose exec its image comes from, which the probe names (image_pid in
+struct exit_record). Bounded: the least recently set entries go first, so missed exits
+cannot grow it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from procmon.probe.record import RawExec, RawExit
+
+log = logging.getLogger("procmon.enrich")
+
+ExecSource = Literal["exec", "fork", "proc"]
+# Turns raw argv into what may leave the host (decoded, redacted).
+ArgsShaper = Callable[[Sequence[bytes]], tuple[str, ...]]
+ARGS_LEN = 1024  # PROCMON_ARGS_LEN: /proc seeds are cut like the probe cuts exec records
+_NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ExecInfo:
+    exe: str | None
+    args: tuple[str, ...] | None
+    args_truncated: bool
+    source: ExecSource
+    start_boot_ns: int  # exact for exec records
+    start_ticks: int | None = None  # set for /proc seeds: /proc/<pid>/stat has clock ticks
+
+    def is_of(self, start_boot_ns: int, hz: int) -> bool:
+        """Whether this entry belongs to the process started then (pids are reused)."""
+        if self.start_ticks is None:
+            return self.start_boot_ns == start_boot_ns
+        return start_boot_ns * hz // _NS_PER_S == self.start_ticks
+
+
+class ExecCache:
+    def __init__(self, max_entries: int, shape_args: ArgsShaper) -> None:
+        self.max_entries = max_entries
+        self._shape_args = shape_args
+        self._by_pid: OrderedDict[int, ExecInfo] = OrderedDict()
+        self._hz = os.sysconf("SC_CLK_TCK")
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._by_pid)
+
+    def put(self, pid: int, info: ExecInfo) -> None:
+        by_pid = self._by_pid
+        by_pid[pid] = info
+        by_pid.move_to_end(pid)
+        if len(by_pid) > self.max_entries:
+            by_pid.popitem(last=False)
+            self.evicted += 1
+
+    def on_exec(self, raw: RawExec) -> None:
+        exe = raw.filename.decode("utf-8", "backslashreplace")
+        args = None if raw.args is None else self._shape_args(raw.args)
+        self.put(raw.pid, ExecInfo(exe, args, raw.args_truncated, "exec", raw.start_boot_ns))
+
+    def _entry(self, pid: int, start_boot_ns: int) -> ExecInfo | None:
+        info = self._by_pid.get(pid)
+        return info if info is not None and info.is_of(start_boot_ns, self._hz) else None
+
+    def for_exit(self, raw: RawExit, last: bool) -> ExecInfo | None:
+        """The exiting process's own entry (removed when ``last``: the process is gone), else
+        that of the ancestor its image comes from."""
+        own = self._entry(raw.pid, raw.start_boot_ns)
+        if own is not None:
+            if last:
+                del self._by_pid[raw.pid]
+            return own
+        if raw.image_pid in (0, raw.pid):
+            return None
+        owner = self._entry(raw.image_pid, raw.image_start_ns)
+        if owner is None:
+            return None
+        return ExecInfo(owner.exe, owner.args, owner.args_truncated, "fork", raw.start_boot_ns)
+
+    def seed_from_proc(self, proc: str = "/proc") -> int:
+        """Enter every running process; returns how many. Unreadable parts stay unknown:
+        /proc/<pid>/exe needs ptrace access, cmdline does not."""
+        seeded = 0
+        for name in os.listdir(proc):
+            if not name.isdigit():
+                continue
+            info = self._read_proc_entry(f"{proc}/{name}")
+            if info is not None and int(name) not in self._by_pid:
+                self.put(int(name), info)
+                seeded += 1
+        return seeded
+
+    def _read_proc_entry(self, base: str) -> ExecInfo | None:
+        try:
+            with open(f"{base}/stat", "rb") as f:
+                stat = f.read()
+            with open(f"{base}/cmdline", "rb") as f:
+                cmdline = f.read(ARGS_LEN + 1)
+        except OSError:
+            return None  # exited meanwhile
+        # comm may hold spaces and parentheses: fields resume after the last ')'.
+        start_ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
+        try:
+            exe: str | None = os.readlink(f"{base}/exe")
+        except OSError:
+            exe = None  # a kernel thread, or no ptrace access to the process
+        if exe is not None and exe.endswith(" (deleted)"):
+            exe = exe[: -len(" (deleted)")]  # replaced on disk since: the path it ran from
+        truncated = len(cmdline) > ARGS_LEN
+        cmdline = cmdline[:ARGS_LEN]
+        args: tuple[str, ...] | None = None  # kernel threads and zombies have none
+        if cmdline:
+            parts = cmdline[:-1] if cmdline.endswith(b"\0") else cmdline
+            args = self._shape_args(parts.split(b"\0"))
+        return ExecInfo(exe, args, truncated, "proc", 0, start_ticks)
