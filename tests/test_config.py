@@ -35,6 +35,9 @@ def test_file_env_and_override_priority(tmp_path: Path, monkeypatch: pytest.Monk
         ('host_id = "a+"\n', "host_id"),
         ('[mqtt]\nprefix = "p#"\n', "mqtt.prefix"),
         ("stats_interval_s = 0\n", "stats_interval_s"),
+        ('[enrich]\nredact = ["(unclosed"]\n', "enrich.redact"),
+        ("[enrich]\ncapture_args = 3\n", "enrich.capture_args"),
+        ("[enrich]\nexec_cache_size = 1\n", "enrich.exec_cache_size"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -53,3 +56,8 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_invalid_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(write(tmp_path, "host_id = \n"))
+
+
+def test_bad_redact_pattern_names_the_pattern(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"redact pattern '\(unclosed'"):
+        load_config(write(tmp_path, '[enrich]\nredact_value_after = ["(unclosed"]\n'))

@@ -1,72 +1,22 @@
 """Real eBPF: the CO-RE probe against ground truth from os.wait4."""
 
+# ruff: noqa: F811 - the collect fixture is imported, then named as test parameters
+
 from __future__ import annotations
 
 import os
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import exit_cases
-from procmon.config import EnrichConfig
-from procmon.enrich.context import ProcessContext
-from procmon.event import EventBuilder, ExitEvent
-from procmon.probe import ProbeKnobs, RawExit, RawRecord
-from procmon.probe.core import CoreProbe
+from probe_collector import Collector, collect  # noqa: F401 - collect is a fixture
 
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("bpf_ready")]
-
-
-class Collector:
-    """Owns an attached probe; collects events until a condition holds or time runs out.
-    Context records go to a ProcessContext, as in the agent's pipeline."""
-
-    def __init__(self, knobs: ProbeKnobs, enrich: EnrichConfig | None = None) -> None:
-        self.probe = CoreProbe(knobs)
-        self.context = ProcessContext(enrich or EnrichConfig()) if self.probe.has_context else None
-        self.builder = EventBuilder("test-host", "core", context=self.context)
-        self.events: list[ExitEvent] = []
-
-    def _ingest(self, records: list[RawRecord]) -> None:
-        for r in records:
-            if isinstance(r, RawExit):
-                self.events.append(self.builder.build(r))
-            elif self.context is not None:
-                self.context.observe(r)
-
-    def poll_until(self, done: Callable[[list[ExitEvent]], bool], timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while not done(self.events) and time.monotonic() < deadline:
-            self._ingest(self.probe.poll(50))
-        # One more short poll: a condition like "exactly one" must also hold a moment later.
-        self._ingest(self.probe.poll(100))
-
-    def of_pid(self, pid: int) -> list[ExitEvent]:
-        return [e for e in self.events if e.pid == pid]
-
-    def close(self) -> None:
-        self.probe.detach()
-        self.probe.close()
-
-
-@pytest.fixture
-def collect() -> Iterator[Callable[..., Collector]]:
-    made: list[Collector] = []
-
-    def make(enrich: EnrichConfig | None = None, **knobs: Any) -> Collector:
-        knobs.setdefault("self_tgid", 0)
-        c = Collector(ProbeKnobs(**knobs), enrich)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.close()
 
 
 @pytest.mark.parametrize("case", sorted(exit_cases.CASES))
