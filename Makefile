@@ -11,7 +11,7 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	systemd-container debootstrap openssh-client openssl shellcheck \
 	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64 nftables iproute2
 
-.PHONY: setup apt venv bpf tracefs demo test lint schema clean fleet-test vm-test bench bench-quick soak
+.PHONY: setup apt venv bpf tracefs demo test lint schema clean fleet-test vm-test bench bench-quick bench-context soak
 
 setup: apt venv bpf tracefs
 	$(PY) -m pip install -q -e '.[dev]'
@@ -72,6 +72,12 @@ bench: setup build/.bench-apt-done
 	$(PY) bench/run.py
 bench-quick: setup build/.bench-apt-done
 	$(PY) bench/run.py --quick
+# What enrichment costs: procmon with and without exec/cgroup context, interleaved, plus the
+# per-program kernel cost of joining in userspace vs in the kernel (bench/join_cost.py).
+bench-context: setup build/.bench-apt-done
+	$(PY) bench/run.py --configs none,probe,probe-bare,full,full-bare --no-long \
+		--results bench/context.md --plot bench/context.png --out bench/out/context
+	$(PY) bench/join_cost.py
 build/.bench-apt-done: build/.apt-done
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_APT)
 	@touch $@

@@ -257,7 +257,11 @@ class PipelineMonitor(Monitor):
         port: int,
         prefix: str = "procmon",
         options: dict[str, dict[str, str]] | None = None,
+        key: str = "full",
+        label: str = "procmon full pipeline",
     ) -> None:
+        self.key = key
+        self.label = label
         self.procmon = procmon
         self.options = options or {}
         self.port = port

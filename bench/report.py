@@ -11,6 +11,8 @@ LABELS = {
     "none": "no monitor",
     "full": "procmon full pipeline (agent → mosquitto → subscriber)",
     "probe": "procmon probe only (`tail --json`)",
+    "full-bare": "procmon full pipeline, no context (`enrich.enabled = false`)",
+    "probe-bare": "procmon probe only, no context (`tail --json --no-context`)",
     "exitsnoop": "libbpf-tools `exitsnoop`",
     "bpftrace": "`bpftrace` printf per exit",
     "forkstat": "`forkstat -e exit -S`",
@@ -19,6 +21,8 @@ SHORT = {
     "none": "none",
     "full": "procmon\nfull",
     "probe": "procmon\nprobe",
+    "full-bare": "procmon full\nno context",
+    "probe-bare": "procmon probe\nno context",
     "exitsnoop": "exitsnoop",
     "bpftrace": "bpftrace",
     "forkstat": "forkstat",
@@ -176,7 +180,7 @@ def render_markdown(data: dict[str, Any], plot_name: str = "results.png") -> str
         )
         cpu1, cpu5 = f.cpu_pct(c, "s1k"), f.cpu_pct(c, "s5k")
         cpu1_s, cpu5_s = _fmt(cpu1, ".1f", " %"), _fmt(cpu5, ".1f", " %")
-        if c == "full":
+        if c in ("full", "full-bare"):
             h1, h5 = f.helper_cpu_pct(c, "s1k"), f.helper_cpu_pct(c, "s5k")
             cpu1_s += f" (+{_fmt(h1, '.1f')} broker+sub)"
             cpu5_s += f" (+{_fmt(h5, '.1f')} broker+sub)"

@@ -210,15 +210,24 @@ class Bench:
     def monitor(self, key: str) -> Monitor:
         if key == "none":
             return Monitor()
-        if key == "full":
-            m = PipelineMonitor(self.procmon, self.port, options=self.agent_options)
+        if key in ("full", "full-bare"):
+            # full-bare: the same without exec/cgroup context (enrichment off)
+            bare = {"enrich": {"enabled": "false"}} if key == "full-bare" else {}
+            m = PipelineMonitor(
+                self.procmon,
+                self.port,
+                options={**self.agent_options, **bare},
+                key=key,
+                label="procmon full pipeline" + (", no context" if bare else ""),
+            )
             m.broker_pid = self.broker.pid if self.broker else None
             return m
-        if key == "probe":
+        if key in ("probe", "probe-bare"):
+            extra = ["--no-context"] if key == "probe-bare" else []
             return CommandMonitor(
-                "probe",
-                "procmon probe only (tail --json)",
-                [self.procmon, "tail", "--json"],
+                key,
+                "procmon probe only (tail --json" + (" --no-context)" if extra else ")"),
+                [self.procmon, "tail", "--json", *extra],
                 b'"comm":"%s"',
             )
         if key == "exitsnoop":
@@ -502,8 +511,12 @@ def machine_info() -> dict[str, Any]:
 # --- command line ------------------------------------------------------------------------------
 
 ALL_CONFIGS = ["none", "full", "probe", "exitsnoop", "bpftrace", "forkstat"]
+# Enrichment's cost: the same procmon configurations without exec/cgroup context
+# (`make bench-context` runs them beside the ones with context).
+EXTRA_CONFIGS = ["full-bare", "probe-bare"]
 TOOLS = {
     "full": ["mosquitto", "mosquitto_sub", "mosquitto_pub"],
+    "full-bare": ["mosquitto", "mosquitto_sub", "mosquitto_pub"],
     "exitsnoop": ["exitsnoop", "stdbuf"],
     "bpftrace": ["bpftrace"],
     "forkstat": ["forkstat"],
@@ -556,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.procmon).exists():
             raise SystemExit(f"bench: {args.procmon} not found: run `make setup` first")
         configs = [c for c in args.configs.split(",") if c]
-        unknown = set(configs) - set(ALL_CONFIGS)
+        unknown = set(configs) - set(ALL_CONFIGS + EXTRA_CONFIGS)
         if unknown:
             raise SystemExit(f"bench: unknown configurations {sorted(unknown)}")
         for key in list(configs):

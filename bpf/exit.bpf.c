@@ -299,21 +299,15 @@ int exit_tp(void *ctx)
 }
 
 /* After exec the new image's argv sits in the process's memory and the task is current:
- * read both now, so that a process living a millisecond still has them at exit. */
-SEC("tp_btf/sched_process_exec")
-int BPF_PROG(exec_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+ * read both now, so that a process living a millisecond still has them at exit.
+ * Returns how many bytes of rec to send (args trimmed to what was read). */
+static __always_inline __u32 fill_exec(struct exec_record *rec, struct task_struct *p,
+				       struct linux_binprm *bprm)
 {
-	struct exec_record *rec;
-	__u32 zero = 0, pidns, ns_pid, size = 0;
+	__u32 size = 0;
 	__u64 start, total;
 	struct mm_struct *mm;
 
-	pid_ns_of(p, &pidns, &ns_pid);
-	if (out_of_scope(pidns, ns_pid))
-		return 0;
-	rec = bpf_map_lookup_elem(&exec_scratch, &zero);
-	if (!rec)
-		return 0;
 	rec->kind = PROCMON_REC_EXEC;
 	rec->flags = 0;
 	rec->ts_boot_ns = bpf_ktime_get_boot_ns();
@@ -337,8 +331,25 @@ int BPF_PROG(exec_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm
 		rec->flags |= PROCMON_F_NO_ARGS;
 	}
 	rec->args_size = size;
-	if (bpf_ringbuf_output(&events, rec, offsetof(struct exec_record, args) + size,
-			       wakeup_flag(rec->ts_boot_ns)))
+	return offsetof(struct exec_record, args) + size;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(exec_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct exec_record *rec;
+	__u32 zero = 0, pidns, ns_pid, size;
+
+	pid_ns_of(p, &pidns, &ns_pid);
+	if (out_of_scope(pidns, ns_pid))
+		return 0;
+	rec = bpf_map_lookup_elem(&exec_scratch, &zero);
+	if (!rec)
+		return 0;
+	size = fill_exec(rec, p, bprm);
+	if (size > sizeof(*rec)) /* for the verifier: never true */
+		return 0;
+	if (bpf_ringbuf_output(&events, rec, size, wakeup_flag(rec->ts_boot_ns)))
 		count(PROCMON_CNT_CONTEXT_DROPPED);
 	return 0;
 }
