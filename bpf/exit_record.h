@@ -80,6 +80,8 @@ struct cgroup_record {
 	__u32 kind;
 	__u32 path_size;    /* bytes of path[] that follow, with its NUL */
 	__u64 id;           /* kernfs id: the inode of the cgroup directory */
+	__u64 parent_id;    /* userspace names the cgroup under its parent as it sees it: the
+			     * path is the host's, an agent in a cgroup namespace sees less */
 	char path[PROCMON_CGROUP_PATH_LEN];
 };
 

@@ -52,11 +52,25 @@ def test_exec_record_decoding() -> None:
 
 def test_cgroup_record_decoding() -> None:
     path = b"/system.slice/a.service\0"
-    made = decode(struct.pack("<IIQ", KIND_CGROUP_MKDIR, len(path), 42) + path)
-    assert made == RawCgroup(False, 42, b"/system.slice/a.service")
-    full = decode(struct.pack("<IIQ", KIND_CGROUP_MKDIR, 512, 43) + b"a" * 511 + b"\0")
-    assert full == RawCgroup(False, 43, None)  # it may have been cut: unknown, not wrong
-    assert decode(struct.pack("<IIQ", KIND_CGROUP_RMDIR, 0, 42)) == RawCgroup(True, 42, None)
+    made = decode(struct.pack("<IIQQ", KIND_CGROUP_MKDIR, len(path), 42, 9) + path)
+    assert made == RawCgroup(False, 42, 9, b"/system.slice/a.service")
+    full = decode(struct.pack("<IIQQ", KIND_CGROUP_MKDIR, 512, 43, 9) + b"a" * 511 + b"\0")
+    assert full == RawCgroup(False, 43, 9, None)  # it may have been cut: unknown, not wrong
+    removed = decode(struct.pack("<IIQQ", KIND_CGROUP_RMDIR, 0, 42, 9))
+    assert removed == RawCgroup(True, 42, 9, None)
+
+
+def test_cgroup_created_in_a_namespace_is_named_under_its_parent() -> None:
+    """An agent in a cgroup namespace sees /system.slice where the host path is longer."""
+    cache = CgroupCache(100, 60)
+    cache.on_mkdir(1, "/")
+    cache.on_mkdir(5, "/system.slice")
+    host = "/machine.slice/nspawn@h1.service/payload/system.slice/app.service"
+    cache.on_created(6, 5, host)
+    info = cache.get(6)
+    assert info is not None and info.path == "/system.slice/app.service"
+    cache.on_created(7, 999, "/elsewhere/x.scope")  # parent unknown: the host path, as given
+    assert (cache.get(7) or info).path == "/elsewhere/x.scope"
 
 
 def test_exit_takes_own_entry_then_forgets_it() -> None:
@@ -65,6 +79,16 @@ def test_exit_takes_own_entry_then_forgets_it() -> None:
     fields = ctx.for_exit(exit_of(10, 100))
     assert fields["exe"] == "/bin/app" and fields["args"] == ("app", "--password=<redacted>")
     assert ctx.for_exit(exit_of(10, 100))["exe"] is None  # gone with the process
+
+
+def test_extra_redact_patterns_add_to_the_defaults() -> None:
+    ctx = ProcessContext(EnrichConfig(redact_extra=(r"--pin=(?P<secret>\d+)",)))
+    ctx.observe(RawExec(1, 100, 10, b"/bin/app", [b"app", b"--pin=1234", b"--token=t"], False))
+    assert ctx.for_exit(exit_of(10, 100))["args"] == (
+        "app",
+        "--pin=<redacted>",
+        "--token=<redacted>",
+    )
 
 
 def test_reused_pid_is_not_confused_with_the_old_process() -> None:

@@ -3,6 +3,8 @@
 Seeded by walking the cgroup2 mount at start and kept current from the probe's mkdir and
 rmdir records. A removed cgroup stays resolvable for a grace period: a short-lived
 container's cgroup goes away right after its last process, before that exit is consumed.
+Paths are as the agent's cgroup namespace shows them: the probe's mkdir path is the host's,
+so a new cgroup is named under its parent's known path.
 """
 
 from __future__ import annotations
@@ -58,6 +60,16 @@ class CgroupCache:
 
     def get(self, cgroup_id: int) -> CgroupInfo | None:
         return self._by_id.get(cgroup_id)
+
+    def on_created(self, cgroup_id: int, parent_id: int, host_path: str) -> None:
+        """A cgroup the probe saw created: its name under the parent as this agent sees it
+        (the same as host_path outside a cgroup namespace)."""
+        parent = self._by_id.get(parent_id)
+        path = host_path
+        if parent is not None:
+            name = host_path.rpartition("/")[2]
+            path = parent.path.rstrip("/") + "/" + name
+        self.on_mkdir(cgroup_id, path)
 
     def on_mkdir(self, cgroup_id: int, path: str) -> None:
         self._removed.pop(cgroup_id, None)

@@ -31,7 +31,7 @@ _UNKNOWN: dict[str, Any] = {
 
 class ProcessContext:
     def __init__(self, cfg: EnrichConfig) -> None:
-        self._redactor = Redactor(cfg.redact, cfg.redact_value_after)
+        self._redactor = Redactor(cfg.redact + cfg.redact_extra, cfg.redact_value_after)
         self.execs = ExecCache(cfg.exec_cache_size, self._shape_args)
         self.cgroups = CgroupCache(cfg.cgroup_cache_size, cfg.cgroup_grace_s)
         self.redacted_args = 0
@@ -62,7 +62,8 @@ class ProcessContext:
         elif raw.removed:
             self.cgroups.on_rmdir(raw.cgroup_id)
         elif raw.path is not None:
-            self.cgroups.on_mkdir(raw.cgroup_id, raw.path.decode("utf-8", "backslashreplace"))
+            path = raw.path.decode("utf-8", "backslashreplace")
+            self.cgroups.on_created(raw.cgroup_id, raw.parent_id, path)
 
     def for_exit(self, raw: RawExit) -> dict[str, Any]:
         """ExitEvent fields for this exit; unknown ones are None."""

@@ -71,7 +71,8 @@ class RawCgroup(NamedTuple):
 
     removed: bool
     cgroup_id: int
-    path: bytes | None  # None on removal, or when the path did not fit
+    parent_id: int
+    path: bytes | None  # the host's path; None on removal, or when it did not fit
 
 
 RawRecord = RawExit | RawExec | RawCgroup
@@ -79,7 +80,7 @@ RawRecord = RawExit | RawExec | RawCgroup
 EXIT_RECORD = struct.Struct("<II7Q8I16s16sQI4x")
 EXIT_RECORD_SIZE = EXIT_RECORD.size  # 144, asserted against the C struct in tests
 EXEC_HEADER = struct.Struct("<II2QIIQ256s")  # everything before args[]
-CGROUP_HEADER = struct.Struct("<IIQ")  # everything before path[]
+CGROUP_HEADER = struct.Struct("<IIQQ")  # everything before path[]
 CGROUP_PATH_LEN = 512
 _KIND = struct.Struct("<I")
 
@@ -119,11 +120,12 @@ def decode(data: bytes) -> RawRecord:
     if kind == KIND_EXEC:
         return _decode_exec(data)
     if kind in (KIND_CGROUP_MKDIR, KIND_CGROUP_RMDIR):
-        _, path_size, cgroup_id = CGROUP_HEADER.unpack_from(data)
+        _, path_size, cgroup_id, parent_id = CGROUP_HEADER.unpack_from(data)
         path = data[CGROUP_HEADER.size : CGROUP_HEADER.size + path_size]
         # A path that filled the buffer may have been cut: unknown rather than wrong.
         complete = 0 < path_size < CGROUP_PATH_LEN
-        return RawCgroup(kind == KIND_CGROUP_RMDIR, cgroup_id, _cstr(path) if complete else None)
+        removed = kind == KIND_CGROUP_RMDIR
+        return RawCgroup(removed, cgroup_id, parent_id, _cstr(path) if complete else None)
     raise ValueError(f"unknown record kind {kind}")
 
 
