@@ -72,7 +72,8 @@ class PlayResult:
         return self.recap[host]["changed"]
 
 
-CAP_BPF_PERFMON = (1 << 39) | (1 << 38)  # CAP_BPF, CAP_PERFMON
+# CAP_BPF, CAP_PERFMON, and CAP_SYS_PTRACE for the /proc seed's exe (procmon_agent_seed_exe)
+AGENT_CAPS = (1 << 39) | (1 << 38) | (1 << 19)
 
 
 def _mqtt_client(ca_file: Path | None = None, auth: tuple[str, str] | None = None) -> Any:
@@ -345,13 +346,13 @@ def test_first_deploy_starts_every_agent(fleet: Fleet) -> None:
             host, "journalctl -u procmon-agent --no-pager | tail -30", check=False
         ).stdout
         assert fleet.unit_prop(host, "User") == "procmon"
-        # Least privilege, read from the running process: CAP_BPF and CAP_PERFMON, nothing else.
+        # Least privilege, read from the running process: these capabilities, nothing else.
         pid = fleet.unit_prop(host, "MainPID")
         status = fleet.ssh(host, f"grep -E '^(Uid|CapEff|CapBnd):' /proc/{pid}/status").stdout
         fields = dict(line.split(":", 1) for line in status.splitlines())
         assert fields["Uid"].split()[0] != "0", status
-        assert int(fields["CapEff"], 16) == CAP_BPF_PERFMON, status
-        assert int(fields["CapBnd"], 16) == CAP_BPF_PERFMON, status
+        assert int(fields["CapEff"], 16) == AGENT_CAPS, status
+        assert int(fields["CapBnd"], 16) == AGENT_CAPS, status
 
 
 @pytest.mark.timeout(600)
@@ -417,6 +418,11 @@ def test_each_host_reports_only_its_own_exits(fleet: Fleet) -> None:
         assert 7 in {e["exit_code"] for e in sh}, (host, sh)
         killed = [e for e in sh if (e.get("signal") or {}).get("number") == 9]
         assert killed and killed[0]["signal"]["name"] == "SIGKILL", (host, sh)
+        # Who exited, under the role's hardened unit: exe and args from the exec, and where.
+        (coded,) = [e for e in sh if e["exit_code"] == codes[host]]
+        assert coded["exe"].endswith("/sh") and coded["exec_source"] == "exec", coded
+        assert coded["args"] == ["sh", "-c", f"exit {codes[host]}"], coded
+        assert coded["cgroup"] and coded["unit"] and coded["parent_comm"], coded
         others = {codes[h] for h in HOSTS if h != host}
         assert not others & {e["exit_code"] for e in sh}, f"{host} reported another host's exits"
         assert len({e["pidns_inode"] for e in evs}) == 1, (

@@ -105,6 +105,8 @@ class EnrichConfig(_Section):
     # Regexes applied to each argument before anything leaves the host; a named group
     # `secret` limits the replacement to that part. See procmon.enrich.redact.
     redact: tuple[str, ...] = DEFAULT_REDACT_PATTERNS
+    # Patterns applied after `redact`: add site-specific ones without restating the defaults.
+    redact_extra: tuple[str, ...] = ()
     # An argument fully matching one of these makes the next argument secret.
     redact_value_after: tuple[str, ...] = DEFAULT_REDACT_VALUE_AFTER
     exec_cache_size: int = Field(default=32768, ge=64, le=1 << 22)
@@ -112,7 +114,7 @@ class EnrichConfig(_Section):
     # How long a removed cgroup's path stays resolvable for exits still in flight.
     cgroup_grace_s: float = Field(default=60.0, ge=0, le=3600)
 
-    @field_validator("redact", "redact_value_after")
+    @field_validator("redact", "redact_extra", "redact_value_after")
     @classmethod
     def _compiles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         Redactor(value, ())  # raises ValueError naming the pattern that does not compile
