@@ -125,6 +125,7 @@ def fake_proc(root: Path, pid: int, comm: str, start_ticks: int, cmdline: bytes)
 def test_proc_seed_matches_start_ticks_and_cuts_long_command_lines(tmp_path: Path) -> None:
     fake_proc(tmp_path, 50, "we (ird) name", 1234, b"thing\0--token=abc\0")
     fake_proc(tmp_path, 51, "long", 99, b"x" * 5000 + b"\0")
+    fake_proc(tmp_path, 52, "sshd", 7, b"sshd: [net]" + b"\0" * 40)
     (tmp_path / "self").mkdir()
     ctx = ProcessContext(EnrichConfig())
     ctx.seed(proc=str(tmp_path), cgroup_root=str(tmp_path / "none"))
@@ -134,6 +135,8 @@ def test_proc_seed_matches_start_ticks_and_cuts_long_command_lines(tmp_path: Pat
     assert fields["args"] == ("thing", "--token=<redacted>")
     long = ctx.for_exit(exit_of(51, 99 * 1_000_000_000 // HZ))
     assert long["args_truncated"] is True and len(long["args"][0]) == 1024
+    retitled = ctx.for_exit(exit_of(52, 7 * 1_000_000_000 // HZ))
+    assert retitled["args"] == ("sshd: [net]",)  # setproctitle's padding is not arguments
 
 
 def test_removed_cgroup_resolves_for_the_grace_period_only() -> None:

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from procmon.enrich.context import ProcessContext
 
 SCHEMA_ID = "procmon.exit/v1"
+# Additive changes within v1 bump the revision (schemas/CHANGELOG.md); consumers of any
+# revision keep working, as every added field is optional.
+SCHEMA_REVISION = 2
 
 Rfc3339Ns = Annotated[
     str,
@@ -48,7 +51,7 @@ class ExitEvent(BaseModel):
         validate_by_alias=True,
         serialize_by_alias=True,
         title="procmon exit event",
-        json_schema_extra={"$id": SCHEMA_ID},
+        json_schema_extra={"$id": SCHEMA_ID, "x-procmon-revision": SCHEMA_REVISION},
     )
 
     schema_id: Literal["procmon.exit/v1"] = Field(default="procmon.exit/v1", alias="schema")

@@ -118,7 +118,8 @@ class ExecCache:
         truncated = len(cmdline) > ARGS_LEN
         cmdline = cmdline[:ARGS_LEN]
         args: tuple[str, ...] | None = None  # kernel threads and zombies have none
+        # A process that rewrote its argv (setproctitle) leaves NUL padding behind.
+        cmdline = cmdline.rstrip(b"\0")
         if cmdline:
-            parts = cmdline[:-1] if cmdline.endswith(b"\0") else cmdline
-            args = self._shape_args(parts.split(b"\0"))
+            args = self._shape_args(cmdline.split(b"\0"))
         return ExecInfo(exe, args, truncated, "proc", 0, start_ticks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from typing import BinaryIO, Literal
 
@@ -37,11 +38,19 @@ def human_line(event: ExitEvent) -> str:
         else f"code={event.exit_code}"
     )
     comm = _printable_comm(event)
-    return (
+    line = (
         f"{event.time[11:23]} {event.scope[0]} pid={event.pid} ppid={event.ppid} "
         f"uid={event.uid} {comm} {how} user={event.utime_ns / 1e6:.1f}ms "
         f"sys={event.stime_ns / 1e6:.1f}ms rss={event.max_rss_kb}kB age={event.age_ns / 1e9:.3f}s"
     )
+    if event.unit:
+        line += f" unit={event.unit}"
+    if event.container_id:
+        line += f" container={event.container_id[:12]}"
+    command = shlex.join(event.args) if event.args else event.exe
+    if command:
+        line += " : " + (command if command.isprintable() else repr(command))
+    return line
 
 
 def render(event: ExitEvent, fmt: TextFormat) -> bytes:
