@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,20 @@ from mqtt_fixtures import (  # noqa: F401 - broker, mosquitto_ready, subscribers
     wait_until,
 )
 from procmon.broker_url import BrokerConfigError, BrokerOptions
-from procmon.config import ConfigError, load_config
+from procmon.config import ConfigError, EnrichConfig, load_config
+from procmon.enrich.context import ProcessContext
 from procmon.event import EventBuilder, ExitEvent
-from procmon.probe.record import FLAG_GROUP_DEAD, FLAG_THREAD, RawExit, decode, encode_exit
+from procmon.probe.record import (
+    EXEC_ARGS_TRUNCATED,
+    EXEC_HEADER,
+    FLAG_GROUP_DEAD,
+    FLAG_THREAD,
+    KIND_CGROUP_MKDIR,
+    KIND_EXEC,
+    RawExit,
+    decode,
+    encode_exit,
+)
 from procmon.sinks.stdout import SEED_PREFIX, render
 from procmon.subscribe import ExitConsumer
 
@@ -122,6 +134,49 @@ def test_any_task_name_gives_valid_output_in_every_format(
             assert part.isprintable(), (fmt, part)  # no raw control characters
         if fmt == "seed":
             assert all(part.startswith(SEED_PREFIX) for part in body)
+
+
+def exec_bytes(filename: bytes, argv: list[bytes], truncated: bool) -> bytes:
+    """A ring-buffer exec record as the probe writes it (args NUL-separated, trimmed)."""
+    blob = b"".join(a + b"\0" for a in argv)[:1024]
+    header = EXEC_HEADER.pack(
+        KIND_EXEC, EXEC_ARGS_TRUNCATED if truncated else 0, 1, 4_000_000_000, 4242,
+        len(blob), len(blob), filename[:255].ljust(256, b"\0"),
+    )  # fmt: skip
+    return header + blob
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    filename=st.binary(max_size=255).map(lambda b: b.replace(b"\0", b"/")),
+    argv=st.lists(st.binary(max_size=300).map(lambda b: b.replace(b"\0", b" ")), max_size=12),
+    truncated=st.booleans(),
+    cgroup=st.binary(min_size=1, max_size=400).map(lambda b: b"/" + b.replace(b"\0", b"_")),
+)
+@example(
+    filename=b"/usr/bin/\xff\n",
+    argv=[b"a\nPROCESS_MONITOR: forged", b'"},{"pid":1', b"--password=\xffsecret"],
+    truncated=True,
+    cgroup=b"/system.slice/docker-" + b"a" * 64 + b".scope",
+)
+def test_any_exec_and_cgroup_bytes_give_a_valid_event(
+    filename: bytes, argv: list[bytes], truncated: bool, cgroup: bytes
+) -> None:
+    context = ProcessContext(EnrichConfig())
+    path = cgroup + b"\0"
+    context.observe(decode(exec_bytes(filename, argv, truncated)))  # type: ignore[arg-type]
+    mkdir = struct.pack("<IIQQ", KIND_CGROUP_MKDIR, len(path), 42, 1) + path
+    context.observe(decode(mkdir))  # type: ignore[arg-type]
+    raw = decode(record(b"app", False, 4242, 0))._replace(start_boot_ns=4_000_000_000, cgroup_id=42)
+    event = EventBuilder("host-a", "core", boot_id=BOOT_ID, context=context).build(raw)
+    assert event.exec_source == "exec" and event.exe is not None
+    line = render(event, "json")
+    assert line.endswith(b"\n") and b"\n" not in line[:-1]
+    document = json.loads(line)
+    VALIDATOR.validate(document)
+    assert ExitEvent.model_validate_json(line) == event
+    human = render(event, "human").decode("utf-8")
+    assert human.count("\n") == 1 and human[:-1].isprintable()
 
 
 # --- host ids and prefixes --------------------------------------------------------------------

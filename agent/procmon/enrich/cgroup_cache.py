@@ -20,6 +20,8 @@ from procmon.enrich.cgroup_parse import CgroupContext, parse_cgroup_path
 
 log = logging.getLogger("procmon.enrich")
 
+MAX_PATH = 4096  # ExitEvent.cgroup's bound
+
 
 @dataclass(frozen=True, slots=True)
 class CgroupInfo:
@@ -73,6 +75,8 @@ class CgroupCache:
 
     def on_mkdir(self, cgroup_id: int, path: str) -> None:
         self._removed.pop(cgroup_id, None)
+        if len(path) > MAX_PATH:
+            return  # deeper than an event may carry: unknown rather than cut
         if len(self._by_id) >= self.max_entries and cgroup_id not in self._by_id:
             self._forget_removed(everything=True)
             if len(self._by_id) >= self.max_entries:
