@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
-/* procmon bcc probe: the same records as exit.bpf.c, for kernels without BTF.
+/* procmon bcc probe: the same records as exit.bpf.c, for kernels without BTF: an exit
+ * record per process exit (or thread exit) and, with PROCMON_CAPTURE_EXEC, the context
+ * records userspace joins to them (exec: executable and args; cgroup v2 mkdir and rmdir).
  *
  * bcc compiles this text at start-up against the running kernel's headers, so every
  * task_struct offset comes from those headers: procmon.probe.bcc_guard checks them against
@@ -15,6 +17,8 @@
  *   PROCMON_WAKEUP_NS                        ...or when its last one is this old
  *   PROCMON_RING_PAGES                       ring size in pages, a power of two
  *   PROCMON_TP_GROUP_DEAD                    defined when the tracepoint has group_dead
+ *   PROCMON_CAPTURE_EXEC                     0 or 1: compile the exec and cgroup programs
+ *   PROCMON_CAPTURE_ARGS                     0 or 1: exec records carry argv
  *   PROCMON_OFFSETS_ONLY                     defined by the guard: headers only, no probe
  */
 #include <linux/sched.h>
@@ -24,7 +28,18 @@
 #include <linux/cred.h>
 #include <linux/pid.h>
 #include <linux/pid_namespace.h>
+#include <linux/binfmts.h>
+#include <linux/cgroup-defs.h>
+#include <linux/kernfs.h>
 #include "exit_record.h"
+
+/* is_child_subreaper is a bitfield: C can neither take its address nor its offsetof, and
+ * bcc does not rewrite a bitfield read through a kernel pointer (it emits a plain load the
+ * verifier refuses). So the probe copies this many bytes from signal_struct.flags into the
+ * same offsets of a scratch signal_struct and lets clang extract the bit there, with the
+ * headers' own layout. The guard checks the bitfield's bit offset against BTF and that it
+ * lies inside this window. */
+#define PROCMON_SIG_WINDOW 32
 
 #ifndef PROCMON_OFFSETS_ONLY
 
@@ -52,6 +67,12 @@
 #ifndef PROCMON_WAKEUP_NS
 #define PROCMON_WAKEUP_NS 10000000
 #endif
+#ifndef PROCMON_CAPTURE_EXEC
+#define PROCMON_CAPTURE_EXEC 0
+#endif
+#ifndef PROCMON_CAPTURE_ARGS
+#define PROCMON_CAPTURE_ARGS 0
+#endif
 
 /* Explicit reads: bcc's implicit rewriting of a->b->c is convenient but hides which
  * loads happen; one READ per field keeps the list the guard checks easy to audit. */
@@ -69,6 +90,15 @@ struct unwoken_t {
 	u64 last_ns;
 };
 BPF_PERCPU_ARRAY(unwoken, struct unwoken_t, 1);
+/* The scratch signal_struct for the is_child_subreaper bit (see PROCMON_SIG_WINDOW): raw
+ * bytes of its size, so that bcc describes a plain array rather than the kernel struct. */
+struct sig_copy_t {
+	u8 bytes[sizeof(struct signal_struct)];
+};
+BPF_PERCPU_ARRAY(sig_copy, struct sig_copy_t, 1);
+_Static_assert(offsetof(struct signal_struct, flags) + PROCMON_SIG_WINDOW <=
+		       sizeof(struct signal_struct),
+	       "the is_child_subreaper window ends past signal_struct");
 #ifndef PROCMON_TP_GROUP_DEAD
 /* Processes already reported, keyed by (signal_struct, leader start time): on kernels
  * whose tracepoint lacks group_dead, two threads dying together can both see live == 0.
@@ -79,6 +109,12 @@ struct group_key {
 };
 BPF_TABLE("lru_hash", struct group_key, u8, reported, 16384);
 #endif
+#if PROCMON_CAPTURE_EXEC
+/* Context records are built here and sent trimmed (ringbuf_output): most command lines are
+ * far shorter than PROCMON_ARGS_LEN, and the ring is shared with exits. */
+BPF_PERCPU_ARRAY(exec_scratch, struct exec_record, 1);
+BPF_PERCPU_ARRAY(cgroup_scratch, struct cgroup_record, 1);
+#endif
 
 static __always_inline void count(u32 slot)
 {
@@ -86,6 +122,33 @@ static __always_inline void count(u32 slot)
 
 	if (val)
 		*val += 1;
+}
+
+/* The flag for a record of this many bytes queued now (see unwoken above). */
+static __always_inline u64 wakeup_flag(u64 bytes, u64 now)
+{
+	struct unwoken_t *queued;
+	u32 zero = 0;
+
+	queued = unwoken.lookup(&zero);
+	if (!queued)
+		return BPF_RB_FORCE_WAKEUP;
+	queued->bytes += bytes;
+	if (queued->bytes >= PROCMON_WAKEUP_BYTES || now - queued->last_ns >= PROCMON_WAKEUP_NS) {
+		queued->bytes = 0;
+		queued->last_ns = now;
+		return BPF_RB_FORCE_WAKEUP;
+	}
+	return BPF_RB_NO_WAKEUP;
+}
+
+/* The agent itself and, with a pid-namespace scope, other namespaces are not reported. */
+static __always_inline bool out_of_scope(u32 pidns, u32 ns_pid)
+{
+	if (PROCMON_TARGET_PIDNS && pidns != PROCMON_TARGET_PIDNS)
+		return true;
+	/* The agent: its pid as it sees it, in its namespace (containers). */
+	return PROCMON_SELF_TGID && ns_pid == PROCMON_SELF_TGID && pidns == PROCMON_SELF_PIDNS;
 }
 
 /* The pid namespace a task lives in and its number there (task_active_pid_ns). */
@@ -148,6 +211,68 @@ static __always_inline u32 process_status(struct task_struct *leader, struct sig
 	return code;
 }
 
+/* signal->is_child_subreaper, read through the scratch copy (see PROCMON_SIG_WINDOW). An
+ * unreadable answer counts as a reaper: the image owner is then left unknown. */
+static __always_inline bool is_child_subreaper(struct signal_struct *sig)
+{
+	u32 zero = 0;
+	struct sig_copy_t *copy = sig_copy.lookup(&zero);
+	const u32 from = offsetof(struct signal_struct, flags);
+
+	if (!copy || !sig)
+		return true;
+	if (bpf_probe_read_kernel(copy->bytes + from, PROCMON_SIG_WINDOW, (char *)sig + from))
+		return true;
+	return ((struct signal_struct *)copy->bytes)->is_child_subreaper;
+}
+
+/* Whose exec the process's image comes from, as exit.bpf.c's image_owner(): self_exec_id
+ * counts a task's execs; fork copies it and records the parent's in parent_exec_id. So a
+ * process that never exec'd has both equal, and its parent has not exec'd since the fork
+ * when the parent's count still matches. A reaper (pid 1 of a namespace, a subreaper) may
+ * have adopted the process: then the chain is broken and the owner unknown (0). */
+static __always_inline void image_owner(struct task_struct *leader, struct exit_record *rec)
+{
+	struct task_struct *t = leader, *parent;
+	struct signal_struct *psig;
+	/* typeof: 32 bits before 5.7, 64 since; PM_READ copies sizeof(dst) */
+	__typeof__(leader->parent_exec_id) parent_exec_id, self_exec_id, parent_self;
+	u32 pidns, nr;
+
+	rec->image_pid = 0;
+	rec->image_start_ns = 0;
+	for (int i = 0; i < PROCMON_IMAGE_DEPTH; i++) {
+		parent_exec_id = 0;
+		self_exec_id = 1;
+		PM_READ(parent_exec_id, t->parent_exec_id);
+		PM_READ(self_exec_id, t->self_exec_id);
+		if (self_exec_id != parent_exec_id) {
+			PM_READ(rec->image_pid, t->tgid);
+			PM_READ(rec->image_start_ns, t->start_boottime);
+			return;
+		}
+		parent = NULL;
+		PM_READ(parent, t->real_parent);
+		if (!parent)
+			return;
+		parent_self = parent_exec_id + 1;
+		PM_READ(parent_self, parent->self_exec_id);
+		if (parent_self != parent_exec_id)
+			return;
+		pidns = 0;
+		nr = 1;
+		pid_ns_of(parent, &pidns, &nr);
+		psig = NULL;
+		PM_READ(psig, parent->signal);
+		if (nr == 1 || is_child_subreaper(psig))
+			return;
+		t = NULL;
+		PM_READ(t, parent->group_leader);
+		if (!t)
+			return;
+	}
+}
+
 static __always_inline void emit(struct task_struct *task, struct task_struct *leader,
 				 struct signal_struct *sig, bool process, u32 code, u32 pidns,
 				 u32 ns_pid)
@@ -156,21 +281,24 @@ static __always_inline void emit(struct task_struct *task, struct task_struct *l
 	const struct cred *cred = NULL;
 	struct exit_record *rec;
 	u64 pid_tgid = bpf_get_current_pid_tgid(), a = 0, b = 0;
-	struct unwoken_t *queued;
-	u32 zero = 0, wake = BPF_RB_FORCE_WAKEUP;
 
 	rec = events.ringbuf_reserve(sizeof(*rec));
 	if (!rec) {
 		count(PROCMON_CNT_DROPPED);
 		return;
 	}
+	rec->kind = PROCMON_REC_EXIT;
 	rec->ts_boot_ns = bpf_ktime_get_boot_ns();
 	rec->pid = pid_tgid >> 32;
 	rec->tid = (u32)pid_tgid;
 	PM_READ(parent, task->real_parent);
 	rec->ppid = 0;
-	if (parent)
+	__builtin_memset(rec->parent_comm, 0, sizeof(rec->parent_comm));
+	if (parent) {
 		PM_READ(rec->ppid, parent->tgid);
+		/* comm is always NUL-terminated within its TASK_COMM_LEN (16) bytes */
+		PM_READ(rec->parent_comm, parent->comm);
+	}
 	PM_READ(cred, task->real_cred);
 	rec->uid = 0;
 	rec->gid = 0;
@@ -185,6 +313,7 @@ static __always_inline void emit(struct task_struct *task, struct task_struct *l
 	rec->max_rss_pages = max_rss_pages(task, sig);
 	rec->flags = process ? PROCMON_F_GROUP_DEAD : PROCMON_F_THREAD;
 	rec->_pad = 0;
+	image_owner(leader, rec);
 	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
 
 	if (process) {
@@ -216,18 +345,7 @@ static __always_inline void emit(struct task_struct *task, struct task_struct *l
 	}
 
 	count(PROCMON_CNT_EMITTED);
-	queued = unwoken.lookup(&zero);
-	if (queued) {
-		queued->bytes += sizeof(*rec);
-		if (queued->bytes >= PROCMON_WAKEUP_BYTES ||
-		    rec->ts_boot_ns - queued->last_ns >= PROCMON_WAKEUP_NS) {
-			queued->bytes = 0;
-			queued->last_ns = rec->ts_boot_ns;
-		} else {
-			wake = BPF_RB_NO_WAKEUP;
-		}
-	}
-	events.ringbuf_submit(rec, wake);
+	events.ringbuf_submit(rec, wakeup_flag(sizeof(*rec), rec->ts_boot_ns));
 }
 
 /* Every thread exit passes here; per-thread adds a thread record to the process record
@@ -243,10 +361,7 @@ static __always_inline int handle_exit(struct task_struct *task, bool group_dead
 	PM_READ(leader, task->group_leader);
 	PM_READ(sig, task->signal);
 	pid_ns_of(leader, &pidns, &ns_pid);
-	if (PROCMON_TARGET_PIDNS && pidns != PROCMON_TARGET_PIDNS)
-		return 0;
-	/* The agent itself: its pid as it sees it, in its namespace (containers). */
-	if (PROCMON_SELF_TGID && ns_pid == PROCMON_SELF_TGID && pidns == PROCMON_SELF_PIDNS)
+	if (out_of_scope(pidns, ns_pid))
 		return 0;
 
 	if (PROCMON_PER_THREAD) {
@@ -310,5 +425,134 @@ int procmon_exit(struct tracepoint__sched__sched_process_exit *args)
 	return on_exit(0);
 #endif
 }
+
+#if PROCMON_CAPTURE_EXEC
+/* The context programs: raw tracepoints only (their attach needs no perf_event_open); when
+ * they do not load or attach, procmon.probe.bcc runs without context.
+ *
+ * sched_process_exec(p, old_pid, bprm), after the new image is set up: its argv sits in
+ * the process's memory and p is current. Read both now, so that a process living a
+ * millisecond still has them at exit. */
+int procmon_exec_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *p = (struct task_struct *)ctx->args[0];
+	struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
+	struct task_struct *leader = NULL;
+	const char *filename = NULL;
+	struct exec_record *rec;
+	u32 zero = 0, pidns = 0, ns_pid = 0, size = 0;
+
+	pid_ns_of(p, &pidns, &ns_pid);
+	if (out_of_scope(pidns, ns_pid))
+		return 0;
+	rec = exec_scratch.lookup(&zero);
+	if (!rec)
+		return 0;
+	rec->kind = PROCMON_REC_EXEC;
+	rec->flags = 0;
+	rec->ts_boot_ns = bpf_ktime_get_boot_ns();
+	rec->start_boot_ns = 0;
+	PM_READ(leader, p->group_leader);
+	if (leader)
+		PM_READ(rec->start_boot_ns, leader->start_boottime);
+	rec->pid = bpf_get_current_pid_tgid() >> 32;
+	rec->args_total = 0;
+	PM_READ(filename, bprm->filename);
+	/* on failure the helper zeroes the buffer: an empty name, never the previous one */
+	bpf_probe_read_kernel_str(rec->filename, sizeof(rec->filename), filename);
+#if PROCMON_CAPTURE_ARGS
+	struct mm_struct *mm = NULL;
+	unsigned long start = 0, end = 0;
+	u64 total;
+
+	PM_READ(mm, p->mm);
+	if (mm) {
+		PM_READ(start, mm->arg_start);
+		PM_READ(end, mm->arg_end);
+	}
+	total = end > start ? end - start : 0;
+	size = total < PROCMON_ARGS_LEN ? total : PROCMON_ARGS_LEN;
+	if (total > PROCMON_ARGS_LEN)
+		rec->flags |= PROCMON_F_ARGS_TRUNCATED;
+	if (size > PROCMON_ARGS_LEN) /* for the verifier: never true */
+		size = PROCMON_ARGS_LEN;
+	if (bpf_probe_read_user(rec->args, size, (void *)start))
+		size = 0;
+	rec->args_total = total;
+#else
+	rec->flags |= PROCMON_F_NO_ARGS;
+#endif
+	rec->args_size = size;
+	if (events.ringbuf_output(rec, offsetof(struct exec_record, args) + size,
+				  wakeup_flag(offsetof(struct exec_record, args) + size,
+					      rec->ts_boot_ns)))
+		count(PROCMON_CNT_CONTEXT_DROPPED);
+	return 0;
+}
+
+/* cgroup_mkdir and cgroup_rmdir(cgrp, path). Only the default (v2) hierarchy, id 0: v1
+ * hierarchies number their kernfs ids apart, and exits carry the v2 id. */
+static __always_inline int emit_cgroup(struct cgroup *cgrp, const char *path, u32 kind)
+{
+	struct cgroup_root *root = NULL;
+	struct cgroup_subsys_state *parent_css = NULL;
+	struct cgroup *parent;
+	struct kernfs_node *kn = NULL;
+	struct cgroup_record *rec;
+	int hierarchy_id = -1;
+	u32 zero = 0;
+	long size = 0;
+
+	PM_READ(root, cgrp->root);
+	if (!root)
+		return 0;
+	PM_READ(hierarchy_id, root->hierarchy_id);
+	if (hierarchy_id != 0)
+		return 0;
+	rec = cgroup_scratch.lookup(&zero);
+	if (!rec)
+		return 0;
+	rec->kind = kind;
+	rec->id = 0;
+	PM_READ(kn, cgrp->kn);
+	if (kn)
+		PM_READ(rec->id, kn->id);
+	/* cgroup_parent(): the parent's css is its cgroup's "self" */
+	rec->parent_id = 0;
+	PM_READ(parent_css, cgrp->self.parent);
+	if (parent_css) {
+		parent = (struct cgroup *)((char *)parent_css - offsetof(struct cgroup, self));
+		kn = NULL;
+		PM_READ(kn, parent->kn);
+		if (kn)
+			PM_READ(rec->parent_id, kn->id);
+	}
+	if (path) {
+		size = bpf_probe_read_kernel_str(rec->path, sizeof(rec->path), path);
+		if (size < 0)
+			size = 0;
+		if (size > PROCMON_CGROUP_PATH_LEN)
+			size = PROCMON_CGROUP_PATH_LEN;
+	}
+	rec->path_size = size;
+	if (events.ringbuf_output(rec, offsetof(struct cgroup_record, path) + size,
+				  wakeup_flag(offsetof(struct cgroup_record, path) + size,
+					      bpf_ktime_get_boot_ns())))
+		count(PROCMON_CNT_CONTEXT_DROPPED);
+	return 0;
+}
+
+int procmon_cgroup_mkdir_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	return emit_cgroup((struct cgroup *)ctx->args[0], (const char *)ctx->args[1],
+			   PROCMON_REC_CGROUP_MKDIR);
+}
+
+/* The path is not needed on removal: userspace has it from the mkdir (or its seed). */
+int procmon_cgroup_rmdir_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	return emit_cgroup((struct cgroup *)ctx->args[0], NULL, PROCMON_REC_CGROUP_RMDIR);
+}
+#endif /* PROCMON_CAPTURE_EXEC */
 
 #endif /* PROCMON_OFFSETS_ONLY */

@@ -1,7 +1,8 @@
 """The bcc backend: compiles bpf/exit.bcc.c at start-up against this kernel's headers.
 
 For kernels without BTF, where the CO-RE object cannot relocate. The program writes the same
-struct exit_record (bpf/exit_record.h) to a ring buffer, so procmon.probe.record decodes both.
+records (bpf/exit_record.h) to a ring buffer as the CO-RE one, so procmon.probe.record decodes
+both: exits and, with capture_exec, the exec and cgroup records the context is built from.
 bcc's Python module comes from the distribution (python3-bpfcc) and imports only under the
 system Python: the agent's venv needs --system-site-packages.
 """
@@ -20,7 +21,13 @@ from typing import Any
 
 from procmon.probe import bcc_guard
 from procmon.probe.knobs import ProbeKnobs
-from procmon.probe.record import COUNTER_DROPPED, COUNTER_EMITTED, RawExit, RecordBuffer
+from procmon.probe.record import (
+    COUNTER_CONTEXT_DROPPED,
+    COUNTER_DROPPED,
+    COUNTER_EMITTED,
+    RawRecord,
+    RecordBuffer,
+)
 
 log = logging.getLogger("procmon.probe")
 
@@ -28,6 +35,13 @@ log = logging.getLogger("procmon.probe")
 # goes through perf_event_open, which Debian kernels restrict to CAP_SYS_ADMIN.
 RAW_TRACEPOINT = ("sched_process_exit", "procmon_exit_raw")
 TRACEPOINT = ("sched:sched_process_exit", "procmon_exit")
+# The context joined to exits (exe, args, cgroup paths): raw tracepoints only, beside the exit
+# program; compiled in with PROCMON_CAPTURE_EXEC.
+CONTEXT_RAW_TRACEPOINTS = (
+    ("sched_process_exec", "procmon_exec_raw"),
+    ("cgroup_mkdir", "procmon_cgroup_mkdir_raw"),
+    ("cgroup_rmdir", "procmon_cgroup_rmdir_raw"),
+)
 _TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
 
@@ -83,6 +97,8 @@ def cflags(
         f"-DPROCMON_WAKEUP_NS={knobs.wakeup_ns}ULL",
         f"-DPROCMON_WAKEUP_BYTES={per_cpu_wakeup}ULL",
         f"-DPROCMON_RING_PAGES={max(1, knobs.ring_size_bytes // os.sysconf('SC_PAGE_SIZE'))}",
+        f"-DPROCMON_CAPTURE_EXEC={int(knobs.capture_exec)}",
+        f"-DPROCMON_CAPTURE_ARGS={int(knobs.capture_args)}",
     ]
     if group_dead:
         flags.append("-DPROCMON_TP_GROUP_DEAD")
@@ -128,6 +144,8 @@ class BccProbe:
         self._source = source or bundled_source()
         self._records = RecordBuffer()
         self._attached = ""  # "raw" or "tracepoint" once attached
+        self._context_attached: list[str] = []  # raw tracepoints of the context programs
+        self.has_context = False
         group_dead = tracepoint_has_group_dead()
         self._bpf = compile_module(self._source, cflags(knobs, self._source.parent, group_dead))
         try:
@@ -136,6 +154,8 @@ class BccProbe:
             self.guard_summary = bcc_guard.guard(self._bpf.dump_func)
             log.info("bcc guard: %s", self.guard_summary)
             self._attach()
+            if knobs.capture_exec:
+                self._attach_context()
             self._bpf["events"].open_ring_buffer(self._records.on_sample)
             self._counters = self._bpf["counters"]
         except BaseException:
@@ -166,7 +186,31 @@ class BccProbe:
         self._attached = "tracepoint"
         self.program = f"bcc:{fn}"
 
-    def poll(self, timeout_ms: int) -> list[RawExit]:
+    def _attach_context(self) -> None:
+        """All three context programs or none: without them the exits still flow, with null
+        context, so a kernel that refuses one costs a warning, not the events."""
+        for tp, fn in CONTEXT_RAW_TRACEPOINTS:
+            try:
+                self._bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+            except Exception as exc:  # bcc raises bare Exceptions (load or attach)
+                self._detach_context()
+                log.warning(
+                    "exec and cgroup context unavailable (%s did not attach to %s: %s): "
+                    "events carry no exe, args or cgroup path",
+                    fn,
+                    tp,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                )
+                return
+            self._context_attached.append(tp)
+        self.has_context = True
+
+    def _detach_context(self) -> None:
+        for tp in self._context_attached:
+            self._bpf.detach_raw_tracepoint(tp=tp.encode())
+        self._context_attached = []
+
+    def poll(self, timeout_ms: int) -> list[RawRecord]:
         """Wait up to timeout_ms for a wakeup, then drain everything queued."""
         self._bpf.ring_buffer_poll(timeout_ms)
         # Batched wakeups leave records queued without an epoll event: drain them too.
@@ -183,11 +227,16 @@ class BccProbe:
         """Records the probe could not reserve in the ring buffer, since attach."""
         return self._counter(COUNTER_DROPPED)
 
+    def context_drops(self) -> int:
+        """Exec and cgroup records the ring could not take: those exits carry null context."""
+        return self._counter(COUNTER_CONTEXT_DROPPED)
+
     def kernel_emitted(self) -> int:
         return self._counter(COUNTER_EMITTED)
 
     def detach(self) -> None:
         """Stop new records; those already queued stay for a last poll()."""
+        self._detach_context()
         if self._attached == "raw":
             self._bpf.detach_raw_tracepoint(tp=RAW_TRACEPOINT[0].encode())
         elif self._attached == "tracepoint":
