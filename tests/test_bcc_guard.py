@@ -71,6 +71,38 @@ def test_btf_offsets_through_anonymous_members_and_typedefs() -> None:
     assert btf.offset("nosuch.a") is None
 
 
+def _btf_bitfield_blob() -> bytes:
+    """struct flags { int a; unsigned f:1, g:1; int z; }, bitfields encoded as vmlinux does:
+    kflag set, each member's offset word is bit size << 24 | bit offset."""
+    strings = b"\0int\0flags\0a\0f\0g\0z\0"
+
+    def off(name: bytes) -> int:
+        return strings.index(b"\0" + name + b"\0") + 1
+
+    member = struct.Struct("<3I")
+    types = b"".join(
+        [
+            struct.pack("<3I", off(b"int"), 1 << 24, 4) + struct.pack("<I", 32),  # 1: int
+            struct.pack("<3I", off(b"flags"), 1 << 31 | 4 << 24 | 4, 12)  # 2: struct flags
+            + member.pack(off(b"a"), 1, 0)
+            + member.pack(off(b"f"), 1, 1 << 24 | 32)
+            + member.pack(off(b"g"), 1, 1 << 24 | 33)
+            + member.pack(off(b"z"), 1, 64),
+        ]
+    )
+    header = struct.pack("<HBBI4I", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return header + types + strings
+
+
+def test_btf_bit_offsets_of_bitfields() -> None:
+    btf = Btf(_btf_bitfield_blob())
+    assert btf.offset("bit flags.f") == 32
+    assert btf.offset("bit flags.g") == 33
+    assert btf.offset("flags.g") == 4  # the byte it starts in
+    assert btf.offset("flags.z") == 8
+    assert btf.offset("bit flags.nosuch") is None
+
+
 def test_btf_bad_magic_names_the_file() -> None:
     with pytest.raises(GuardError, match=r"^/x/vmlinux: not a BTF blob"):
         Btf(b"\0" * 32, "/x/vmlinux")
@@ -82,6 +114,10 @@ def test_running_kernel_btf_has_every_field() -> None:
     missing = [f for f in bcc_guard.FIELDS if btf.offset(f) is None]
     assert missing == []
     assert btf.offset("sizeof upid") == 16
+    # The probe copies the bitfield from a window that starts at signal_struct.flags.
+    flags = btf.offset(bcc_guard.WINDOW_START)
+    assert flags is not None
+    assert 0 <= (btf.offset(bcc_guard.WINDOW_BITFIELD) or -1) - 8 * flags < 8 * 32
 
 
 # --- bytecode constants and comparison ------------------------------------------------------
@@ -96,6 +132,51 @@ def test_return_constant_reads_mov64_and_mov32() -> None:
     assert bcc_guard._return_constant(_insn(0xB4, imm=8) + _insn(0x95), "f") == 8
     with pytest.raises(GuardError, match="cannot read the constant of f"):
         bcc_guard._return_constant(_insn(0x79) + _insn(0x95), "f")
+
+
+def test_bitfield_offset_from_load_and_shifts() -> None:
+    def ldx(size_op: int, off: int, src: int = 1) -> bytes:
+        return struct.pack("<BBhi", size_op, src << 4, off, 0)
+
+    read = bcc_guard._bitfield_offset
+    # return s->f: a byte load and a mask (bit 0), or a shift first (bit 1)
+    assert read(ldx(0x71, 128) + _insn(0x57, imm=1) + _insn(0x95), "f") == 1024
+    assert read(ldx(0x71, 128) + _insn(0x77, imm=1) + _insn(0x57, imm=1) + _insn(0x95), "f") == 1025
+    # or a wider load, shifted left then right: the field starts R - L bits in
+    assert read(ldx(0x61, 124) + _insn(0x67, imm=30) + _insn(0x77, imm=63) + _insn(0x95), "f") == (
+        124 * 8 + 33
+    )
+    with pytest.raises(GuardError, match="cannot read the bit offset of f"):
+        read(ldx(0x71, 128, src=2) + _insn(0x95), "f")  # not a load from the argument
+    with pytest.raises(GuardError, match="cannot read the bit offset of f"):
+        read(ldx(0x71, 128) + _insn(0x85, imm=113) + _insn(0x95), "f")  # a helper call
+
+
+class _FakeBtf(Btf):
+    def __init__(self, offsets: dict[str, int]) -> None:
+        self._offsets = offsets
+
+    def offset(self, field: str) -> int | None:
+        return self._offsets.get(field)
+
+
+def test_compare_refuses_a_bitfield_outside_the_copied_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fields = (bcc_guard.WINDOW_START, bcc_guard.WINDOW_BITFIELD)
+    monkeypatch.setattr(bcc_guard, "FIELDS", fields)
+    inside = {fields[0]: 116, fields[1]: 1024, bcc_guard.WINDOW_MACRO: 32}
+    assert bcc_guard.compare(inside, _FakeBtf(inside)) == []
+    outside = {**inside, fields[1]: (116 + 32) * 8}
+    assert bcc_guard.compare(outside, _FakeBtf(outside)) == [
+        "bit signal_struct.is_child_subreaper: bit offset 1184 in the headers lies outside "
+        "the 32 bytes exit.bcc.c copies from signal_struct.flags"
+    ]
+    moved = {**inside, fields[1]: 1025}
+    assert bcc_guard.compare(moved, _FakeBtf(inside)) == [
+        "bit signal_struct.is_child_subreaper: bit offset 1025 in the headers, 1024 in the "
+        "running kernel"
+    ]
 
 
 def test_compare_names_field_and_both_offsets() -> None:
@@ -132,9 +213,12 @@ def test_release_check_without_btf(tmp_path: Path) -> None:
 
 def test_offset_functions_cover_every_field() -> None:
     text = bcc_guard.offset_functions()
-    assert text.count("int procmon_off_") == len(bcc_guard.FIELDS)
+    assert text.count("int procmon_off_") == len(bcc_guard.FIELDS) + 1  # + the window
     assert "__builtin_offsetof(struct task_struct, se.sum_exec_runtime)" in text
     assert "sizeof(struct upid)" in text
+    # a bitfield has no offsetof: it is read through the argument, and the window returned
+    assert "(struct signal_struct *s) { return s->is_child_subreaper; }" in text
+    assert "int procmon_off_window(void *ctx) { return PROCMON_SIG_WINDOW; }" in text
 
 
 def test_every_guarded_field_is_read_by_the_probe() -> None:
@@ -199,6 +283,34 @@ def test_guard_refuses_foreign_headers(
     # Refused before attaching: no procmon program is left in the kernel.
     progs = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True)
     assert "procmon_exit" not in progs.stdout
+
+
+def test_foreign_headers_give_the_bitfield_offset_from_bytecode(
+    foreign_headers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bit offset read from clang's code for the 6.1 headers, against this kernel's BTF:
+    signal_struct is laid out alike up to the bitfield in both (checked through flags), so
+    they must agree. The VM test checks it against 6.1's own BTF."""
+    from bcc import BPF
+
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", str(foreign_headers))
+    module = BPF(
+        text=(BCC_SOURCE.read_text() + bcc_guard.offset_functions()).encode(),
+        cflags=[f"-I{BCC_SOURCE.parent}", "-DPROCMON_OFFSETS_ONLY"],
+    )
+    try:
+        headers = bcc_guard.header_offsets(module.dump_func)
+    finally:
+        module.cleanup()
+    btf = Btf.from_file()
+    assert headers[bcc_guard.WINDOW_MACRO] == 32
+    require(
+        headers[bcc_guard.WINDOW_START] == btf.offset(bcc_guard.WINDOW_START),
+        "signal_struct.flags moved between 6.1 and this kernel: nothing to compare with",
+    )
+    assert headers[bcc_guard.WINDOW_BITFIELD] == btf.offset(bcc_guard.WINDOW_BITFIELD)
+    problems = bcc_guard.compare(headers, btf)
+    assert not [p for p in problems if p.startswith(bcc_guard.WINDOW_BITFIELD)]
 
 
 def test_check_lines_report_the_refusal(

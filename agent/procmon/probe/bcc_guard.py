@@ -11,6 +11,8 @@ headers on a 6.18 kernel gave ppid 0, a wrong tgid and exit code 0). So, before 
 The header offsets come from the same compilation as the probe: ``offset_functions()`` appends
 one ``return offsetof(...)`` function per field, and ``header_offsets()`` reads each constant
 back from the compiled bytecode (``BPF.dump_func``), so nothing is loaded into the kernel.
+A bitfield has no offsetof: its function returns the field read through its argument, and the
+bit offset is read from that load and its shifts instead.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pathlib import Path
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 
 # Every field exit.bcc.c reads, as "struct.member[.member...]"; "sizeof struct" for the one
-# array stride it uses. Keep in step with the READ()s in bpf/exit.bcc.c.
+# array stride it uses; "bit struct.member" for a bitfield, compared by bit offset. Keep in step
+# with the READ()s in bpf/exit.bcc.c.
 FIELDS: tuple[str, ...] = (
     "task_struct.tgid",
     "task_struct.pid",
@@ -41,6 +44,9 @@ FIELDS: tuple[str, ...] = (
     "task_struct.start_boottime",
     "task_struct.mm",
     "task_struct.thread_pid",
+    "task_struct.self_exec_id",
+    "task_struct.parent_exec_id",
+    "task_struct.comm",
     "signal_struct.live",
     "signal_struct.flags",
     "signal_struct.group_exit_code",
@@ -48,7 +54,17 @@ FIELDS: tuple[str, ...] = (
     "signal_struct.stime",
     "signal_struct.sum_sched_runtime",
     "signal_struct.maxrss",
+    "bit signal_struct.is_child_subreaper",
     "mm_struct.hiwater_rss",
+    "mm_struct.arg_start",
+    "mm_struct.arg_end",
+    "linux_binprm.filename",
+    "cgroup.kn",
+    "cgroup.root",
+    "cgroup.self",
+    "cgroup.self.parent",
+    "cgroup_root.hierarchy_id",
+    "kernfs_node.id",
     "cred.uid",
     "cred.gid",
     "pid.level",
@@ -61,6 +77,12 @@ FIELDS: tuple[str, ...] = (
 
 _FN_PREFIX = "procmon_off_"
 
+# exit.bcc.c reads is_child_subreaper from a copy of the PROCMON_SIG_WINDOW bytes that start at
+# signal_struct.flags (a bitfield has no address to read from): the bit must lie inside.
+WINDOW_BITFIELD = "bit signal_struct.is_child_subreaper"
+WINDOW_START = "signal_struct.flags"
+WINDOW_MACRO = "PROCMON_SIG_WINDOW"
+
 
 class GuardError(RuntimeError):
     """The headers do not match the running kernel; the message is one line naming why."""
@@ -69,18 +91,23 @@ class GuardError(RuntimeError):
 # --- the header side ------------------------------------------------------------------------
 
 
-def _c_expr(field: str) -> str:
+def _function(i: int, field: str) -> str:
+    name = f"{_FN_PREFIX}{i}"
     if field.startswith("sizeof "):
-        return f"sizeof(struct {field.split()[1]})"
+        return f"int {name}(void *ctx) {{ return sizeof(struct {field.split()[1]}); }}"
+    if field.startswith("bit "):
+        struct_name, member = field.split()[1].split(".", 1)
+        # Compiled to a load at the storage unit's offset, then shifts and a mask.
+        return f"int {name}(struct {struct_name} *s) {{ return s->{member}; }}"
     struct_name, member = field.split(".", 1)
-    return f"__builtin_offsetof(struct {struct_name}, {member})"
+    return f"int {name}(void *ctx) {{ return __builtin_offsetof(struct {struct_name}, {member}); }}"
 
 
 def offset_functions() -> str:
-    """C text: one function per field returning its offset as the headers define it."""
-    return "".join(
-        f"\nint {_FN_PREFIX}{i}(void *ctx) {{ return {_c_expr(f)}; }}" for i, f in enumerate(FIELDS)
-    )
+    """C text: one function per field returning its offset as the headers define it, and one
+    returning the size of the window the bitfield is read from."""
+    text = "".join(f"\n{_function(i, f)}" for i, f in enumerate(FIELDS))
+    return text + f"\nint {_FN_PREFIX}window(void *ctx) {{ return {WINDOW_MACRO}; }}"
 
 
 def _return_constant(code: bytes, name: str) -> int:
@@ -90,12 +117,47 @@ def _return_constant(code: bytes, name: str) -> int:
     return int(struct.unpack_from("<i", code, 4)[0])
 
 
+_LDX_MEM = (0x61, 0x69, 0x71, 0x79)  # r = *(u32|u16|u8|u64 *)(src + off)
+_RSH_K, _LSH_K, _AND_K, _MOV_X = (0x77, 0x74), (0x67, 0x64), (0x57, 0x54), (0xBF, 0xBC)
+
+
+def _bitfield_offset(code: bytes, name: str) -> int:
+    """The bit offset a compiled ``return s->bitfield;`` extracts, little-endian: one load from
+    the argument at byte offset O, then either ``>> R`` and a mask or ``<< L`` and ``>> R``;
+    the field starts R - L bits into the loaded value, so at bit 8 * O + R - L."""
+    load: int | None = None
+    rsh = lsh = 0
+    for pos in range(0, len(code) - len(code) % 8, 8):
+        op, regs, off, imm = struct.unpack_from("<BBhi", code, pos)
+        if op in _LDX_MEM and load is None and regs >> 4 == 1:
+            load = off
+        elif op in _RSH_K:
+            rsh += imm
+        elif op in _LSH_K:
+            lsh += imm
+        elif op == 0x95:
+            break
+        elif op not in _AND_K + _MOV_X:
+            load = None
+            break
+    if load is None:
+        raise GuardError(f"bcc guard: cannot read the bit offset of {name} from its bytecode")
+    return 8 * load + rsh - lsh
+
+
 def header_offsets(dump_func: Callable[[bytes], bytes]) -> dict[str, int]:
-    """Offsets from a bcc module compiled with offset_functions() appended."""
+    """Offsets (bit offsets for "bit" fields) from a bcc module compiled with
+    offset_functions() appended, and the bitfield window's size under WINDOW_MACRO."""
     out = {}
     for i, field in enumerate(FIELDS):
         name = f"{_FN_PREFIX}{i}"
-        out[field] = _return_constant(dump_func(name.encode()), name)
+        code = dump_func(name.encode())
+        if field.startswith("bit "):
+            out[field] = _bitfield_offset(code, f"{name} ({field})")
+        else:
+            out[field] = _return_constant(code, name)
+    name = f"{_FN_PREFIX}window"
+    out[WINDOW_MACRO] = _return_constant(dump_func(name.encode()), name)
     return out
 
 
@@ -203,11 +265,13 @@ class Btf:
         return None
 
     def offset(self, field: str) -> int | None:
-        """Byte offset of "struct.member[.member...]", or the size for "sizeof struct"."""
+        """Byte offset of "struct.member[.member...]", the size for "sizeof struct", the bit
+        offset for "bit struct.member"."""
         if field.startswith("sizeof "):
             sid = self._structs.get(field.split()[1])
             return None if sid is None else self._resolve(sid).size_or_type
-        struct_name, *path = field.split(".")
+        bits_wanted = field.startswith("bit ")
+        struct_name, *path = field.removeprefix("bit ").split(".")
         sid = self._structs.get(struct_name)
         if sid is None:
             return None
@@ -217,7 +281,7 @@ class Btf:
             if found is None:
                 return None
             t, bits = self._resolve(found[0]), bits + found[1]
-        return bits // 8
+        return bits if bits_wanted else bits // 8
 
 
 # --- the comparison -------------------------------------------------------------------------
@@ -231,9 +295,16 @@ def compare(headers: dict[str, int], btf: Btf) -> list[str]:
         if kernel is None:
             problems.append(f"{field}: in the headers at {headers[field]}, absent from BTF")
         elif kernel != headers[field]:
-            what = "size" if field.startswith("sizeof ") else "offset"
+            what = {"sizeof": "size", "bit": "bit offset"}.get(field.split()[0], "offset")
             problems.append(
                 f"{field}: {what} {headers[field]} in the headers, {kernel} in the running kernel"
+            )
+    if WINDOW_BITFIELD in FIELDS and WINDOW_MACRO in headers:
+        start = 8 * headers[WINDOW_START]
+        if not start <= headers[WINDOW_BITFIELD] < start + 8 * headers[WINDOW_MACRO]:
+            problems.append(
+                f"{WINDOW_BITFIELD}: bit offset {headers[WINDOW_BITFIELD]} in the headers lies "
+                f"outside the {headers[WINDOW_MACRO]} bytes exit.bcc.c copies from {WINDOW_START}"
             )
     return problems
 
