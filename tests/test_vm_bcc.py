@@ -6,7 +6,10 @@ reverse tunnel (its own 127.0.0.1:1883), so no other address is involved. The sh
 ground-truth cases (exit_cases.py) then run inside the VM, and their events must arrive over
 MQTT with the fields wait4 reported. The same cases run again after switching the agent to the
 CO-RE backend (the 6.1 kernel has BTF), which also gives the backend comparison: start-up,
-RSS and a short fork storm, written to build/vm/backend-comparison.json.
+RSS and a short fork storm, written to build/vm/backend-comparison.json. For both backends the
+context cases (tests/vm/context_cases.py) check what an event says about who exited: exe and
+args of a process living under 5 ms, parent comm, the cgroup and unit of a cgroup removed right
+after the exit, and the image owner of forks without exec, with and without a subreaper.
 
 `make vm-test` runs this module. Cold (no cached image) it builds the image first.
 """
@@ -46,6 +49,7 @@ TOPIC = f"procmon/{HOST_ID}/exits"
 VM_CPU_TOLERANCE_NS = 150_000_000
 COMPARISON = VM_DIR / "backend-comparison.json"
 PACKAGE_BPF = REPO / "agent/procmon/probe/bpf"
+SHORT_LIVED_NS = 5_000_000
 
 
 @dataclass
@@ -149,6 +153,18 @@ class Deployment:
         data = json.loads(line.strip().splitlines()[-1])
         data.pop("exit_code", None)  # a property of Truth, printed for humans
         return exit_cases.Truth(**data)
+
+    def run_context_case(self, case: str, *args: str) -> dict[str, Any]:
+        line = self.vm.ssh(
+            f"/usr/bin/python3 /root/context_cases.py {case} {' '.join(args)}", timeout=120
+        )
+        truth: dict[str, Any] = json.loads(line.strip().splitlines()[-1])
+        return truth
+
+    def process_event(self, pid: int) -> dict[str, Any]:
+        events = self.wait_events(lambda e: e["pid"] == pid and e["scope"] == "process")
+        assert len(events) == 1, f"expected one process event for pid {pid}, got {events}"
+        return events[0]
 
     def agent_pid(self) -> int:
         return int(self.vm.ssh("systemctl show -p MainPID --value procmon-agent").strip())
@@ -258,8 +274,17 @@ def _tunnel(vm: Vm, broker_port: int) -> subprocess.Popen[bytes]:
 
 
 @pytest.fixture(scope="module")
+def quick_exit(cc: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/vm/quick_exit.c: a process short enough for the < 5 ms case even under TCG."""
+    out = tmp_path_factory.mktemp("bin") / "quick_exit"
+    src = REPO / "tests/vm/quick_exit.c"
+    subprocess.run([cc, "-O2", "-static", "-nostdlib", "-o", str(out), str(src)], check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
 def deployed(
-    vm: Vm, tmp_path_factory: pytest.TempPathFactory, forkstorm: Path
+    vm: Vm, tmp_path_factory: pytest.TempPathFactory, forkstorm: Path, quick_exit: Path
 ) -> Iterator[Deployment]:
     require(mosquitto_available(), "needs mosquitto (apt-get install mosquitto)")
     tmp = tmp_path_factory.mktemp("vm-deploy")
@@ -271,7 +296,9 @@ def deployed(
         vm.put(REPO / "tests/exit_cases.py", "/root/exit_cases.py")
         # Built on this host (the VM has no libc headers); both are Debian 12, same glibc.
         vm.put(forkstorm, "/root/forkstorm")
-        vm.ssh("chmod 755 /root/forkstorm")
+        vm.put(REPO / "tests/vm/context_cases.py", "/root/context_cases.py")
+        vm.put(quick_exit, "/root/quick_exit")
+        vm.ssh("chmod 755 /root/forkstorm /root/quick_exit")
         deploy_time = _deploy(vm, tmp)
         d = Deployment(vm, broker, collector)
         d.measures["deploy"] = {"ansible_playbook": deploy_time}
@@ -339,6 +366,55 @@ def test_ground_truth_over_mqtt(case: str, backend: str, deployed: Deployment) -
         assert deployed.events(lambda e: e["pid"] == truth.pid) == [event]
 
 
+def _check_exec_context(event: dict[str, Any], truth: dict[str, Any]) -> None:
+    """The exit names what the process exec'd, from the probe's exec record."""
+    assert (event["exe"], event["args"]) == (truth["exe"], truth["args"]), event
+    assert (event["exec_source"], event["args_truncated"]) == ("exec", False), event
+    assert event["parent_comm"] == truth["parent_comm"], event
+    assert event["exit_code"] == os.WEXITSTATUS(truth["status"]), event
+
+
+def test_context_short_lived_process(backend: str, deployed: Deployment) -> None:
+    """Gone within milliseconds, before anything could read /proc: exe and args still
+    arrive. TCG may stretch a run past 5 ms: a few tries, the shortest is recorded."""
+    ages = []
+    for _ in range(5):
+        truth = deployed.run_context_case("short_lived")
+        event = deployed.process_event(truth["pid"])
+        _check_exec_context(event, truth)
+        ages.append(event["age_ns"])
+        if event["age_ns"] < SHORT_LIVED_NS:
+            break
+    deployed.measures.setdefault(backend, {})["short_lived_age_ms"] = min(ages) / 1e6
+    assert min(ages) < SHORT_LIVED_NS, f"no run lived under 5 ms: ages {ages} ns"
+
+
+def test_context_transient_cgroup(backend: str, deployed: Deployment) -> None:
+    """/bin/sh -c 'exit 7' in a cgroup v2 directory made just before and removed right after
+    the exit: the event still has its path and unit."""
+    truth = deployed.run_context_case("transient_cgroup")
+    assert truth["removed"]
+    event = deployed.process_event(truth["pid"])
+    _check_exec_context(event, truth)
+    assert (event["cgroup"], event["unit"]) == (truth["cgroup"], truth["unit"]), event
+    assert event["cgroup_id"] != 0 and event["container_id"] is None, event
+
+
+@pytest.mark.parametrize("subreaper", ["0", "1"])
+def test_context_forks_without_exec(backend: str, deployed: Deployment, subreaper: str) -> None:
+    """Children that never exec carry the image of the ancestor that did (exec_source fork),
+    unless a subreaper is on the way (the probe reads signal->is_child_subreaper, a bitfield):
+    then the owner is unknown and exe and args stay null rather than guessed."""
+    truth = deployed.run_context_case("forks_without_exec", subreaper)
+    for pid in (truth["child"], truth["grandchild"]):
+        event = deployed.process_event(pid)
+        got = (event["exe"], event["args"], event["exec_source"])
+        if truth["subreaper"]:
+            assert got == (None, None, None), event
+        else:
+            assert got == (truth["exe"], truth["args"], "fork"), event
+
+
 def test_agent_rss(backend: str, deployed: Deployment) -> None:
     rss_kb = int(deployed.vm.ssh(f"ps -o rss= -p {deployed.agent_pid()}").strip())
     deployed.measures.setdefault(backend, {})["rss_kb"] = rss_kb
@@ -365,6 +441,7 @@ def test_fork_storm(backend: str, deployed: Deployment) -> None:
     }
     assert len(delivered) == expected
     assert stats.get("dropped_kernel", 0) == 0
+    assert stats.get("dropped_context_kernel", 0) == 0
 
 
 def _latest_stats(d: Deployment) -> dict[str, Any]:
