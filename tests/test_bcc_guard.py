@@ -19,6 +19,7 @@ import pytest
 
 from conftest import REPO, require
 from procmon.probe import ProbeKnobs, bcc_guard
+from procmon.probe.bcc import BccProbe
 from procmon.probe.bcc_guard import Btf, GuardError
 
 BCC_SOURCE = REPO / "bpf/exit.bcc.c"
@@ -265,8 +266,6 @@ def foreign_headers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_guard_refuses_foreign_headers(
     foreign_headers: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from procmon.probe.bcc import BccProbe
-
     monkeypatch.setenv("BCC_KERNEL_SOURCE", str(foreign_headers))
     release = bcc_guard.uts_release(foreign_headers)
     assert release and release.startswith("6.1.")
@@ -336,3 +335,87 @@ def test_check_lines_without_headers(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     items = {item: (ok, detail) for item, ok, detail in lines}
     assert items["kernel headers"][0] is False
     assert items["bcc offset guard"] == (False, "not run: needs bcc and kernel headers")
+
+
+# --- BccProbe's context programs, with bcc replaced by a recorder ---------------------------
+
+
+class _FakeTable:
+    def open_ring_buffer(self, callback: object) -> None:
+        pass
+
+
+class _FakeBpf:
+    """Records attach and detach calls; attaching to `refuse` fails as bcc does (Exception)."""
+
+    def __init__(self, refuse: str = "") -> None:
+        self.refuse = refuse
+        self.attached: list[str] = []
+
+    def attach_raw_tracepoint(self, tp: bytes, fn_name: bytes) -> None:
+        if tp.decode() == self.refuse:
+            raise Exception(f"Failed to attach BPF to raw tracepoint {tp.decode()}")
+        self.attached.append(tp.decode())
+
+    def detach_raw_tracepoint(self, tp: bytes) -> None:
+        self.attached.remove(tp.decode())
+
+    def dump_func(self, name: bytes) -> bytes:
+        return b""  # the guard is replaced in these tests
+
+    def __getitem__(self, name: str) -> _FakeTable:
+        return _FakeTable()
+
+    def cleanup(self) -> None:
+        pass
+
+
+def _fake_probe(
+    monkeypatch: pytest.MonkeyPatch, fake: _FakeBpf, **knobs: bool
+) -> tuple[BccProbe, list[str]]:
+    from procmon.probe import bcc
+
+    flags: list[str] = []
+
+    def compile_module(source: Path, cflags: list[str]) -> _FakeBpf:
+        flags.extend(cflags)
+        return fake
+
+    monkeypatch.setattr(bcc, "compile_module", compile_module)
+    monkeypatch.setattr(bcc, "tracepoint_has_group_dead", lambda: False)
+    monkeypatch.setattr(bcc_guard, "guard", lambda dump_func: "fake guard")
+    return bcc.BccProbe(ProbeKnobs(**knobs), source=BCC_SOURCE), flags
+
+
+def test_context_programs_attach_and_detach_with_the_exit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = _FakeBpf()
+    probe, flags = _fake_probe(monkeypatch, fake, capture_args=False)
+    assert "-DPROCMON_CAPTURE_EXEC=1" in flags and "-DPROCMON_CAPTURE_ARGS=0" in flags
+    assert probe.has_context is True
+    assert fake.attached == [
+        "sched_process_exit",
+        "sched_process_exec",
+        "cgroup_mkdir",
+        "cgroup_rmdir",
+    ]
+    probe.detach()
+    assert fake.attached == []
+
+
+def test_a_refused_context_program_costs_the_context_not_the_exits(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = _FakeBpf(refuse="cgroup_mkdir")
+    probe, _ = _fake_probe(monkeypatch, fake)
+    assert probe.has_context is False
+    assert fake.attached == ["sched_process_exit"]  # the exec program was detached again
+    assert "exec and cgroup context unavailable (procmon_cgroup_mkdir_raw" in caplog.text
+
+
+def test_no_context_programs_without_capture_exec(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeBpf()
+    probe, flags = _fake_probe(monkeypatch, fake, capture_exec=False, capture_args=False)
+    assert "-DPROCMON_CAPTURE_EXEC=0" in flags
+    assert probe.has_context is False and fake.attached == ["sched_process_exit"]
