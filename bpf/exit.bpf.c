@@ -358,6 +358,7 @@ int BPF_PROG(exec_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm
 static __always_inline int emit_cgroup(struct cgroup *cgrp, const char *path, __u32 kind)
 {
 	struct cgroup_record *rec;
+	struct cgroup_subsys_state *parent_css;
 	struct cgroup *parent;
 	__u32 zero = 0;
 	long size = 0;
@@ -370,9 +371,9 @@ static __always_inline int emit_cgroup(struct cgroup *cgrp, const char *path, __
 	rec->kind = kind;
 	rec->id = BPF_CORE_READ(cgrp, kn, id);
 	/* cgroup_parent(): the parent's css is its cgroup's "self" */
-	parent = (void *)BPF_CORE_READ(cgrp, self.parent) -
-		 bpf_core_field_offset(struct cgroup, self);
-	rec->parent_id = parent ? BPF_CORE_READ(parent, kn, id) : 0;
+	parent_css = BPF_CORE_READ(cgrp, self.parent);
+	parent = (void *)parent_css - bpf_core_field_offset(struct cgroup, self);
+	rec->parent_id = parent_css ? BPF_CORE_READ(parent, kn, id) : 0;
 	if (path) {
 		size = bpf_probe_read_kernel_str(rec->path, sizeof(rec->path), path);
 		if (size < 0)
