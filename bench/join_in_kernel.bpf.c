@@ -38,7 +38,8 @@ int BPF_PROG(join_exit, struct task_struct *p, bool group_dead_arg)
 	handle_exit(true);
 	image_owner(p->group_leader, &owner);
 	exec = bpf_map_lookup_elem(&execs, &owner.image_pid);
-	if (exec && bpf_ringbuf_output(&events, exec, sizeof(*exec), wakeup_flag(exec->ts_boot_ns)))
+	if (exec && bpf_ringbuf_output(&events, exec, sizeof(*exec),
+				       wakeup_flag(exec->ts_boot_ns, sizeof(*exec) + 8, false)))
 		count(PROCMON_CNT_CONTEXT_DROPPED);
 	bpf_map_delete_elem(&execs, &tgid);
 	return 0;

@@ -138,11 +138,19 @@ static __always_inline __u32 process_status(struct task_struct *task)
 	return BPF_CORE_READ(task, group_leader, exit_code);
 }
 
-/* Batching keeps storms cheap; the time bound keeps a slow trickle from waiting for
- * userspace's poll timeout. */
-static __always_inline __u64 wakeup_flag(__u64 now)
+/* Wake a sleeping consumer once per batch: when this record brings the backlog up to
+ * wakeup_bytes, or when the last wakeup is wakeup_ns old (a trickle is not held back). Not for
+ * every record past the mark: a consumer that is behind is awake anyway (poll reports data
+ * while any is queued), and a forced wakeup costs the exiting task several microseconds.
+ * size counts the record's 8-byte header; a reserved record is already in AVAIL_DATA. */
+static __always_inline __u64 wakeup_flag(__u64 now, __u64 size, bool reserved)
 {
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ||
+	__u64 queued = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 before = queued;
+
+	if (reserved)
+		before = queued > size ? queued - size : 0;
+	if (!wakeup_bytes || (before < wakeup_bytes && before + size >= wakeup_bytes) ||
 	    now - last_wakeup_ns >= wakeup_ns) {
 		last_wakeup_ns = now;
 		return BPF_RB_FORCE_WAKEUP;
@@ -231,7 +239,7 @@ static __always_inline void emit(struct task_struct *task, bool process, __u32 c
 	}
 
 	count(PROCMON_CNT_EMITTED);
-	bpf_ringbuf_submit(rec, wakeup_flag(rec->ts_boot_ns));
+	bpf_ringbuf_submit(rec, wakeup_flag(rec->ts_boot_ns, sizeof(*rec) + 8, true));
 }
 
 /* The agent itself and, with a pid-namespace scope, other namespaces are not reported. */
@@ -349,7 +357,7 @@ int BPF_PROG(exec_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm
 	size = fill_exec(rec, p, bprm);
 	if (size > sizeof(*rec)) /* for the verifier: never true */
 		return 0;
-	if (bpf_ringbuf_output(&events, rec, size, wakeup_flag(rec->ts_boot_ns)))
+	if (bpf_ringbuf_output(&events, rec, size, wakeup_flag(rec->ts_boot_ns, size + 8, false)))
 		count(PROCMON_CNT_CONTEXT_DROPPED);
 	return 0;
 }
@@ -383,7 +391,7 @@ static __always_inline int emit_cgroup(struct cgroup *cgrp, const char *path, __
 	}
 	rec->path_size = size;
 	if (bpf_ringbuf_output(&events, rec, offsetof(struct cgroup_record, path) + size,
-			       wakeup_flag(bpf_ktime_get_boot_ns())))
+			       wakeup_flag(bpf_ktime_get_boot_ns(), size + 8, false)))
 		count(PROCMON_CNT_CONTEXT_DROPPED);
 	return 0;
 }
