@@ -1,0 +1,486 @@
+"""The MQTT sink's wire codec (procmon.sinks.mqtt_wire).
+
+Encoded packets are checked byte for byte against what paho encodes for the same message, and
+decoded by paho's own decoders; the incremental decoder is fed the same stream whole, byte by
+byte and in random pieces; one test speaks the codec to a real mosquitto.
+"""
+
+# ruff: noqa: F811 - pytest fixtures are imported, then named as test parameters
+
+from __future__ import annotations
+
+import random
+import socket
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt import _packet
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties, VariableByteIntegers
+
+from mosquitto import Mosquitto
+from mqtt_fixtures import Collector, broker, mosquitto_ready, wait_until  # noqa: F401
+from procmon.sinks import mqtt_wire as wire
+from procmon.sinks.mqtt_wire import (
+    PROTOCOL_5,
+    PROTOCOL_311,
+    ConnAck,
+    Decoder,
+    Disconnect,
+    PingResp,
+    ProtocolError,
+    PubAck,
+    PubAcks,
+    PublishEncoder,
+    Will,
+)
+
+PAHO_PROTOCOL = {PROTOCOL_5: mqtt.MQTTv5, PROTOCOL_311: mqtt.MQTTv311}
+EXIT_PROPS: list[tuple[int, Any]] = [
+    (wire.PAYLOAD_FORMAT_INDICATOR, 1),
+    (wire.MESSAGE_EXPIRY_INTERVAL, 3600),
+    (wire.CONTENT_TYPE, "application/json"),
+    (wire.USER_PROPERTY, ("schema", "procmon.exit/v1")),
+]
+
+
+def paho_publish_properties(expiry: int = 3600) -> Any:
+    """The properties the paho-based sink attached to each event."""
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.PayloadFormatIndicator = 1
+    props.MessageExpiryInterval = expiry
+    props.ContentType = "application/json"
+    props.UserProperty = [("schema", "procmon.exit/v1")]
+    return props
+
+
+class _NoSocket:
+    def close(self) -> None:
+        pass
+
+
+class PahoEncoder:
+    """What a paho client would put on the wire: its _packet_queue captures the packets."""
+
+    def __init__(self, protocol: int, client_id: str = "procmon-h") -> None:
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=PAHO_PROTOCOL[protocol],
+            clean_session=None if protocol == PROTOCOL_5 else True,
+        )
+        self.packets: list[bytes] = []
+        self.client._sock = _NoSocket()  # type: ignore[assignment]  # "connected": queue packets
+
+        def capture(command: int, packet: bytes, *args: Any, **kwargs: Any) -> int:
+            self.packets.append(bytes(packet))
+            return 0
+
+        self.client._packet_queue = capture  # type: ignore[assignment,method-assign]
+
+    def last(self) -> bytes:
+        return self.packets[-1]
+
+
+def split(packet: bytes) -> tuple[int, bytes]:
+    """(first byte, body) of one encoded packet."""
+    length, shift, pos = 0, 0, 1
+    while True:
+        byte = packet[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+        shift += 7
+    body = packet[pos:]
+    assert len(body) == length, "remaining length does not match the body"
+    return packet[0], body
+
+
+# --- encoding -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", [0, 1, 127, 128, 321, 16383, 16384, 2_097_151, 2_097_152, wire.MAX_VARINT]
+)
+def test_varint_matches_paho(value: int) -> None:
+    assert wire.encode_varint(value) == VariableByteIntegers.encode(value)  # type: ignore[no-untyped-call]
+
+
+def test_varint_out_of_range() -> None:
+    for bad in (-1, wire.MAX_VARINT + 1):
+        with pytest.raises(ValueError):
+            wire.encode_varint(bad)
+
+
+def test_utf8_string_limits() -> None:
+    assert wire.encode_utf8("ab") == b"\x00\x02ab"
+    assert wire.encode_utf8("é") == b"\x00\x02\xc3\xa9"
+    with pytest.raises(ValueError):
+        wire.encode_utf8("x" * 65536)
+
+
+def test_properties_match_paho() -> None:
+    assert wire.encode_properties(EXIT_PROPS) == paho_publish_properties().pack()
+    assert wire.encode_properties([]) == b"\x00"
+
+
+@pytest.mark.parametrize("protocol", [PROTOCOL_5, PROTOCOL_311])
+@pytest.mark.parametrize("size", [0, 10, 700, 20_000, 3_000_000])
+@pytest.mark.parametrize("retain", [False, True])
+def test_publish_is_byte_for_byte_paho_and_decodes_with_paho(
+    protocol: int, size: int, retain: bool
+) -> None:
+    topic = "procmon/host-1/exits"
+    payload = bytes(random.Random(size).getrandbits(8) for _ in range(min(size, 4096)))
+    payload = (payload * (size // max(1, len(payload)) + 1))[:size]
+    props = EXIT_PROPS if protocol == PROTOCOL_5 else []
+    ours = wire.encode_publish(
+        topic, payload, 4242, protocol=protocol, retain=retain, properties=props
+    )
+    paho = PahoEncoder(protocol)
+    paho.client._send_publish(
+        4242,
+        topic.encode(),
+        payload,
+        qos=1,
+        retain=retain,
+        properties=paho_publish_properties() if protocol == PROTOCOL_5 else None,
+    )
+    assert ours == paho.last()
+
+    first, body = split(ours)
+    decoded = _packet.decode_publish(first, body, MQTTProtocolVersion(PAHO_PROTOCOL[protocol]))
+    assert decoded.topic == topic.encode()
+    assert decoded.payload == payload
+    assert (decoded.qos, decoded.mid, decoded.retain, decoded.dup) == (1, 4242, retain, False)
+    if protocol == PROTOCOL_5:
+        assert decoded.properties.ContentType == "application/json"
+        assert decoded.properties.PayloadFormatIndicator == 1
+        assert decoded.properties.MessageExpiryInterval == 3600
+        assert decoded.properties.UserProperty == [("schema", "procmon.exit/v1")]
+
+
+def test_publish_encoder_batches_into_one_buffer() -> None:
+    encoder = PublishEncoder("t/x", protocol=PROTOCOL_5, properties=EXIT_PROPS)
+    out = bytearray()
+    messages = [(i + 1, f'{{"n":{i}}}'.encode() * (i % 50)) for i in range(200)]
+    for packet_id, payload in messages:
+        encoder.encode_into(out, packet_id, payload)
+    decoded = []
+    rest = bytes(out)
+    while rest:
+        first, body_and_more = rest[0], rest
+        length, shift, pos = 0, 0, 1
+        while True:
+            byte = body_and_more[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+        body, rest = rest[pos : pos + length], rest[pos + length :]
+        packet = _packet.decode_publish(first, body, MQTTProtocolVersion.MQTTv5)
+        decoded.append((packet.mid, packet.payload))
+    assert decoded == messages
+
+
+def test_publish_flags_and_refusals() -> None:
+    first, _ = split(wire.encode_publish("a/b", b"x", 7, protocol=PROTOCOL_311, dup=True))
+    assert first == 0x3A  # PUBLISH, DUP, QoS 1
+    first, body = split(wire.encode_publish("a/b", b"x", 7, protocol=PROTOCOL_311, qos=0))
+    assert first == 0x30 and body == b"\x00\x03a/bx"  # QoS 0: no packet id
+    for topic in ("a/+", "a/#", ""):
+        with pytest.raises(ValueError):
+            PublishEncoder(topic, protocol=PROTOCOL_5)
+    with pytest.raises(ValueError):
+        PublishEncoder("a", protocol=PROTOCOL_311, properties=EXIT_PROPS)
+    with pytest.raises(ValueError):
+        PublishEncoder("a", protocol=PROTOCOL_5, qos=2)
+
+
+@pytest.mark.parametrize("protocol", [PROTOCOL_5, PROTOCOL_311])
+@pytest.mark.parametrize("login", [None, ("agent", None), ("agent", "s3cret")])
+@pytest.mark.parametrize("with_will", [True, False])
+def test_connect_is_byte_for_byte_paho(
+    protocol: int, login: tuple[str, str | None] | None, with_will: bool
+) -> None:
+    v5 = protocol == PROTOCOL_5
+    will_payload = b'{"state": "offline", "reason": "connection lost"}'
+    will_props: list[tuple[int, Any]] = []
+    paho = PahoEncoder(protocol, client_id="procmon-host-1")
+    if with_will:
+        paho_will_props = None
+        if v5:
+            will_props = [
+                (wire.CONTENT_TYPE, "application/json"),
+                (wire.USER_PROPERTY, ("schema", "procmon.status/v1")),
+            ]
+            paho_will_props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+            paho_will_props.ContentType = "application/json"
+            paho_will_props.UserProperty = [("schema", "procmon.status/v1")]
+        paho.client.will_set(
+            "procmon/host-1/status", will_payload, qos=1, retain=True, properties=paho_will_props
+        )
+    if login:
+        paho.client.username_pw_set(*login)
+    paho.client._send_connect(30)
+    ours = wire.encode_connect(
+        protocol=protocol,
+        client_id="procmon-host-1",
+        keepalive=30,
+        clean_start=True,
+        username=login[0] if login else None,
+        password=login[1] if login else None,
+        will=Will("procmon/host-1/status", will_payload, properties=will_props)
+        if with_will
+        else None,
+    )
+    assert ours == paho.last()
+
+
+def test_connect_refuses_a_password_without_a_user() -> None:
+    with pytest.raises(ValueError):
+        wire.encode_connect(protocol=PROTOCOL_5, client_id="x", keepalive=5, password="p")
+
+
+def test_pingreq_and_disconnect() -> None:
+    assert wire.encode_pingreq() == b"\xc0\x00"
+    paho = PahoEncoder(PROTOCOL_311)
+    paho.client._send_pingreq()
+    assert wire.encode_pingreq() == paho.last()
+    assert wire.encode_disconnect(PROTOCOL_311) == b"\xe0\x00"
+    assert wire.encode_disconnect(PROTOCOL_5) == b"\xe0\x00"  # normal: the will is dropped
+    assert wire.encode_disconnect(PROTOCOL_5, 0x04) == b"\xe0\x01\x04"  # with the will
+
+
+# --- decoding ----------------------------------------------------------------------------------
+
+
+def paho_props(packet_type: int, **values: Any) -> bytes:
+    props = Properties(packet_type)  # type: ignore[no-untyped-call]
+    for name, value in values.items():
+        setattr(props, name, value)
+    packed: bytes = props.pack()  # type: ignore[no-untyped-call]
+    return packed
+
+
+def packet(first: int, body: bytes) -> bytes:
+    return bytes((first,)) + wire.encode_varint(len(body)) + body
+
+
+def paho_puback(packet_id: int) -> bytes:
+    paho = PahoEncoder(PROTOCOL_5)
+    paho.client._send_puback(packet_id)
+    return paho.last()
+
+
+def test_connack_v5_with_properties() -> None:
+    props = paho_props(
+        PacketTypes.CONNACK,
+        ReceiveMaximum=20,
+        ServerKeepAlive=15,
+        AssignedClientIdentifier="auto-1",
+        MaximumPacketSize=1 << 20,
+        UserProperty=[("a", "1"), ("b", "2")],
+        ReasonString="fine",
+    )
+    (connack,) = Decoder(PROTOCOL_5).feed(packet(0x20, b"\x01\x00" + props))
+    assert isinstance(connack, ConnAck)
+    assert connack.session_present and connack.reason_code == 0
+    assert connack.properties[wire.RECEIVE_MAXIMUM] == 20
+    assert connack.properties[wire.SERVER_KEEP_ALIVE] == 15
+    assert connack.properties[wire.ASSIGNED_CLIENT_IDENTIFIER] == "auto-1"
+    assert connack.properties[wire.MAXIMUM_PACKET_SIZE] == 1 << 20
+    assert connack.properties[wire.USER_PROPERTY] == [("a", "1"), ("b", "2")]
+    assert connack.properties[wire.REASON_STRING] == "fine"
+
+
+def test_puback_forms() -> None:
+    reason_string = paho_props(PacketTypes.PUBACK, ReasonString="quota")
+    stream = (
+        paho_puback(1)
+        + packet(0x40, b"\x00\x02\x10")  # v5: no matching subscribers (a success)
+        + packet(0x40, b"\x00\x03\x97" + reason_string)  # v5: quota exceeded, with a reason
+        + packet(0x40, b"\xff\xff\x00\x00")  # v5: reason 0 and an empty property list
+        + b"\xd0\x00"  # PINGRESP
+    )
+    assert Decoder(PROTOCOL_5).feed(stream) == [
+        PubAck(1),
+        PubAck(2, 0x10),
+        PubAck(3, 0x97),
+        PubAck(0xFFFF, 0),
+        PingResp(),
+    ]
+    assert Decoder(PROTOCOL_311).feed(paho_puback(513)) == [PubAck(513)]
+
+
+def test_disconnect_from_a_v5_broker() -> None:
+    props = paho_props(PacketTypes.DISCONNECT, ReasonString="taken over")
+    (disconnect,) = Decoder(PROTOCOL_5).feed(packet(0xE0, b"\x8e" + props))
+    assert disconnect == Disconnect(0x8E, {wire.REASON_STRING: "taken over"})
+    assert Decoder(PROTOCOL_5).feed(b"\xe0\x00") == [Disconnect(0)]
+    decoded = _packet.decode_disconnect(0xE0, b"\x8e" + props, MQTTProtocolVersion.MQTTv5)
+    assert decoded.reason is not None and decoded.reason.value == 0x8E
+
+
+def mixed_stream(n: int) -> tuple[bytes, list[Any]]:
+    rnd = random.Random(n)
+    stream = bytearray()
+    expected: list[Any] = []
+    for i in range(n):
+        kind = rnd.randrange(4)
+        if kind == 0:
+            stream += paho_puback(i + 1)
+            expected.append(PubAck(i + 1))
+        elif kind == 1:
+            stream += packet(0x40, (i + 1).to_bytes(2, "big") + b"\x87")
+            expected.append(PubAck(i + 1, 0x87))
+        elif kind == 2:
+            stream += b"\xd0\x00"
+            expected.append(PingResp())
+        else:  # a reason string long enough for a 2-byte remaining length
+            text = "r" * rnd.randrange(100, 300)
+            props = paho_props(PacketTypes.PUBACK, ReasonString=text)
+            stream += packet(0x40, (i + 1).to_bytes(2, "big") + b"\x83" + props)
+            expected.append(PubAck(i + 1, 0x83))
+    return bytes(stream), expected
+
+
+def test_decoder_handles_partial_reads() -> None:
+    stream, expected = mixed_stream(300)
+    assert flat(Decoder(PROTOCOL_5).feed(stream)) == expected
+
+    decoder = Decoder(PROTOCOL_5)
+    one_by_one: list[Any] = []
+    for i in range(len(stream)):
+        one_by_one += decoder.feed(stream[i : i + 1])
+    assert one_by_one == expected
+    assert decoder.pending == 0
+
+    rnd = random.Random(7)
+    for _ in range(20):
+        decoder = Decoder(PROTOCOL_5)
+        pieces: list[Any] = []
+        pos = 0
+        while pos < len(stream):
+            step = rnd.randrange(1, 40)
+            pieces += decoder.feed(stream[pos : pos + step])
+            pos += step
+        assert flat(pieces) == expected
+
+
+def flat(packets: list[Any]) -> list[Any]:
+    """PubAcks spelt out as the PubAck packets they stand for."""
+    out: list[Any] = []
+    for p in packets:
+        out += [PubAck(i, 0) for i in p.packet_ids] if isinstance(p, PubAcks) else [p]
+    return out
+
+
+@pytest.mark.parametrize("protocol", [PROTOCOL_5, PROTOCOL_311])
+def test_a_read_of_plain_pubacks_is_one_pubacks(protocol: int) -> None:
+    ids = [1, 2, 65535, 7, *range(100, 1100)]
+    stream = b"".join(paho_puback(i) for i in ids)
+    assert Decoder(protocol).feed(stream) == [PubAcks(tuple(ids))]
+    # Reason 0x10 (nobody subscribed) is a success too; mosquitto sends it as a 5-byte PUBACK.
+    with_reason = b"".join(packet(0x40, i.to_bytes(2, "big") + b"\x10") for i in ids)
+    assert Decoder(PROTOCOL_5).feed(with_reason) == [PubAcks(tuple(ids))]
+    # A tail: a whole run, then the rest one by one, then what is still incomplete.
+    decoder = Decoder(protocol)
+    assert decoder.feed(stream + b"\xd0\x00" + paho_puback(9) + b"\x40") == [
+        PubAcks(tuple(ids)),
+        PingResp(),
+        PubAck(9),
+    ]
+    assert decoder.pending == 1
+
+
+def test_a_rejection_among_pubacks_is_not_hidden_in_a_run() -> None:
+    stream = b"".join(packet(0x40, i.to_bytes(2, "big") + b"\x10") for i in range(1, 10))
+    stream += packet(0x40, b"\x00\x0a\x87") + packet(0x40, b"\x00\x0b\x00")
+    packets = Decoder(PROTOCOL_5).feed(stream)
+    assert PubAck(10, 0x87) in packets
+    assert [p.packet_id for p in flat(packets)] == list(range(1, 12))
+
+
+def test_decoder_keeps_an_incomplete_tail() -> None:
+    decoder = Decoder(PROTOCOL_5)
+    assert decoder.feed(paho_puback(9) + b"\x40\x02\x00") == [PubAck(9)]
+    assert decoder.pending == 3
+    assert decoder.feed(b"\x0a") == [PubAck(10)]
+    assert decoder.pending == 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x30\x05\x00\x01a\x00\x01",  # a PUBLISH: we never subscribe
+        b"\x90\x03\x00\x01\x00",  # SUBACK
+        b"\xf0\x00",  # AUTH
+        b"\x40\xff\xff\xff\xff\x01",  # remaining length of five bytes
+        b"\x40\x01\x00",  # PUBACK without a whole packet id
+        b"\xd0\x01\x00",  # PINGRESP with a body
+        b"\x20\x02\x02\x00",  # CONNACK with reserved flags set
+        b"\x40\x05\x00\x01\x00\x05\x00",  # properties longer than the packet
+        b"\x40\x06\x00\x01\x00\x02\x7f\x00",  # an unknown property
+    ],
+)
+def test_decoder_refuses_what_a_publisher_cannot_get(data: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        Decoder(PROTOCOL_5).feed(data)
+
+
+def test_decoder_refuses_v5_packets_on_a_311_link_and_huge_packets() -> None:
+    with pytest.raises(ProtocolError):
+        Decoder(PROTOCOL_311).feed(b"\xe0\x00")  # no DISCONNECT from a 3.1.1 broker
+    with pytest.raises(ProtocolError):
+        Decoder(PROTOCOL_311).feed(b"\x40\x03\x00\x01\x00")
+    with pytest.raises(ProtocolError):
+        Decoder(PROTOCOL_5, max_packet=1000).feed(b"\x40" + wire.encode_varint(1001))
+
+
+# --- against a real broker ---------------------------------------------------------------------
+
+
+def read_packets(sock: socket.socket, decoder: Decoder, count: int) -> list[Any]:
+    got: list[Any] = []
+    while len(flat(got)) < count:
+        data = sock.recv(65536)
+        assert data, "the broker closed the connection"
+        got += decoder.feed(data)
+    return got
+
+
+@pytest.mark.parametrize("protocol", [PROTOCOL_5, PROTOCOL_311])
+def test_a_broker_understands_the_codec(broker: Mosquitto, protocol: int) -> None:
+    topic = f"wire/{protocol}"
+    collector = Collector(broker, [f"{topic}/#"])
+    props = EXIT_PROPS if protocol == PROTOCOL_5 else []
+    encoder = PublishEncoder(f"{topic}/exits", protocol=protocol, properties=props)
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=30) as sock:
+        sock.sendall(
+            wire.encode_connect(protocol=protocol, client_id=f"wire-{protocol}", keepalive=10)
+        )
+        decoder = Decoder(protocol)
+        (connack,) = read_packets(sock, decoder, 1)
+        assert connack == ConnAck(False, 0, connack.properties)
+        batch = bytearray()
+        for packet_id in range(1, 501):  # one write for the whole batch
+            encoder.encode_into(batch, packet_id, b'{"n": %d}' % packet_id)
+        batch += wire.encode_pingreq()
+        sock.sendall(batch)
+        replies = flat(read_packets(sock, decoder, 501))
+        assert sorted(p.packet_id for p in replies if isinstance(p, PubAck)) == list(range(1, 501))
+        assert PingResp() in replies
+        sock.sendall(wire.encode_disconnect(protocol))
+        assert sock.recv(10) == b""  # the broker closes after DISCONNECT
+    wait_until(lambda: len(collector.on(f"{topic}/exits")) == 500, what="500 messages")
+    messages = collector.on(f"{topic}/exits")
+    assert [m.json()["n"] for m in messages] == list(range(1, 501))
+    if protocol == PROTOCOL_5:
+        assert messages[0].properties.ContentType == "application/json"
+        assert messages[0].user_properties() == {"schema": "procmon.exit/v1"}
+    collector.close()
