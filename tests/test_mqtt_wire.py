@@ -1,4 +1,4 @@
-"""The MQTT sink's wire codec (procmon.sinks.mqtt_wire).
+"""The MQTT sink's wire codec (procmon.sinks.mqtt_wire) and connection helpers (mqtt_conn).
 
 Encoded packets are checked byte for byte against what paho encodes for the same message, and
 decoded by paho's own decoders; the incremental decoder is fed the same stream whole, byte by
@@ -9,8 +9,11 @@ byte and in random pieces; one test speaks the codec to a real mosquitto.
 
 from __future__ import annotations
 
+import os
 import random
+import select
 import socket
+import threading
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -19,10 +22,20 @@ from paho.mqtt import _packet
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
+from paho.mqtt.reasoncodes import ReasonCode
 
-from mosquitto import Mosquitto
+from mosquitto import Mosquitto, free_port
 from mqtt_fixtures import Collector, broker, mosquitto_ready, wait_until  # noqa: F401
+from procmon.broker_url import describe_connect_error, describe_refusal, parse_broker_url
 from procmon.sinks import mqtt_wire as wire
+from procmon.sinks.mqtt_conn import (
+    Backoff,
+    Interrupted,
+    connack_reason,
+    open_link,
+    reason,
+    refused,
+)
 from procmon.sinks.mqtt_wire import (
     PROTOCOL_5,
     PROTOCOL_311,
@@ -298,6 +311,26 @@ def test_connack_v5_with_properties() -> None:
     assert connack.properties[wire.REASON_STRING] == "fine"
 
 
+def test_connack_refusals_read_as_before() -> None:
+    """The words of a refusal are paho's, as the paho-based sink logged them."""
+    (v5,) = Decoder(PROTOCOL_5).feed(packet(0x20, b"\x00\x86\x00"))
+    assert isinstance(v5, ConnAck)
+    assert describe_refusal(connack_reason(v5, PROTOCOL_5)) == describe_refusal(
+        ReasonCode(PacketTypes.CONNACK, identifier=0x86)
+    )
+    assert "check mqtt.username and the password file" in describe_refusal(
+        connack_reason(v5, PROTOCOL_5)
+    )
+    for code in range(1, 7):
+        (v3,) = Decoder(PROTOCOL_311).feed(packet(0x20, bytes((0, code))))
+        assert isinstance(v3, ConnAck) and v3.reason_code == code
+        assert describe_refusal(connack_reason(v3, PROTOCOL_311)) == describe_refusal(
+            _packet.convert_connack_rc_to_reason_code(code)  # type: ignore[arg-type]
+        )
+    assert str(reason(PacketTypes.PUBACK, 0x87)) == "Not authorized"
+    assert str(reason(PacketTypes.PUBACK, 0x55)) == "reason code 0x55"
+
+
 def test_puback_forms() -> None:
     reason_string = paho_props(PacketTypes.PUBACK, ReasonString="quota")
     stream = (
@@ -442,6 +475,13 @@ def test_decoder_refuses_v5_packets_on_a_311_link_and_huge_packets() -> None:
         Decoder(PROTOCOL_5, max_packet=1000).feed(b"\x40" + wire.encode_varint(1001))
 
 
+def test_backoff_doubles_to_the_cap_and_resets() -> None:
+    backoff = Backoff(1.0, 5.0)
+    assert [backoff.next() for _ in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    backoff.reset()
+    assert backoff.next() == 1.0
+
+
 # --- against a real broker ---------------------------------------------------------------------
 
 
@@ -484,3 +524,47 @@ def test_a_broker_understands_the_codec(broker: Mosquitto, protocol: int) -> Non
         assert messages[0].properties.ContentType == "application/json"
         assert messages[0].user_properties() == {"schema": "procmon.exit/v1"}
     collector.close()
+
+
+def test_open_link_shakes_hands_and_the_link_reads_replies(broker: Mosquitto) -> None:
+    stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    try:
+        packet = wire.encode_connect(protocol=PROTOCOL_5, client_id="link-test", keepalive=10)
+        link, connack = open_link(parse_broker_url(broker.url), None, packet, PROTOCOL_5, stop)
+        try:
+            assert not refused(connack)
+            link.out += wire.encode_pingreq()
+            assert link.flush() and not link.out
+            poller = select.poll()
+            poller.register(link.sock, select.POLLIN)
+            assert poller.poll(30_000)
+            assert link.read() == [PingResp()]
+            assert link.read() is None  # nothing more: the socket does not block
+        finally:
+            link.close()
+    finally:
+        os.close(stop)
+
+
+def test_open_link_failures_are_the_errors_the_reporter_words() -> None:
+    stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    packet = wire.encode_connect(protocol=PROTOCOL_5, client_id="x", keepalive=10)
+    try:
+        nobody = parse_broker_url(f"mqtt://127.0.0.1:{free_port()}")
+        with pytest.raises(ConnectionRefusedError) as refusal:
+            open_link(nobody, None, packet, PROTOCOL_5, stop)
+        assert (
+            describe_connect_error(refusal.value) == "connection refused (is the broker running?)"
+        )
+        with socket.socket() as silent:  # accepts connections (backlog), never answers
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()
+            url = parse_broker_url(f"mqtt://127.0.0.1:{silent.getsockname()[1]}")
+            with pytest.raises(TimeoutError) as timeout:
+                open_link(url, None, packet, PROTOCOL_5, stop, timeout=0.5)
+            assert describe_connect_error(timeout.value) == "connection timed out"
+            threading.Timer(0.3, os.eventfd_write, (stop, 1)).start()
+            with pytest.raises(Interrupted):  # close() does not wait for the timeout
+                open_link(url, None, packet, PROTOCOL_5, stop, timeout=60)
+    finally:
+        os.close(stop)

@@ -1,0 +1,297 @@
+"""Reaching the broker for the MQTT sink: TLS settings, the TCP + TLS + CONNECT/CONNACK handshake,
+the non-blocking I/O of an established connection, the reconnect backoff, and reason codes in
+the words users saw before (paho's names, which ``describe_refusal`` builds its lines from).
+
+The handshake runs on the sink's network thread and is non-blocking too, so a connect in
+progress ends as soon as the sink is closed (``stop_fd`` becomes readable). An established
+``Link`` never blocks; the sink uses it from whichever thread holds its lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import socket
+import ssl
+import time
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from procmon.broker_url import BrokerConfigError, BrokerOptions, BrokerUrl
+from procmon.sinks.mqtt_wire import PROTOCOL_311, ConnAck, Decoder, Packet, ProtocolError
+
+# TCP connect, TLS handshake and CONNACK together.
+CONNECT_TIMEOUT_S = 10.0
+RECV_SIZE = 65536
+# Larger writes are split: a TLS retry must offer the same bytes, so chunks only ever grow.
+SEND_CHUNK = 1 << 18
+
+# MQTT 3.1.1 CONNACK return codes, named as paho named them for its callbacks.
+_RETURN_CODE_NAMES = {
+    1: "Unsupported protocol version",
+    2: "Client identifier not valid",
+    3: "Server unavailable",
+    4: "Bad user name or password",
+    5: "Not authorized",
+}
+
+
+class Interrupted(Exception):
+    """The sink is closing: a connect in progress gave up."""
+
+
+class ConnectionClosed(ConnectionError):
+    """The broker closed the connection (EOF)."""
+
+    def __init__(self) -> None:
+        super().__init__("closed by the broker")
+
+
+def tls_context(options: BrokerOptions) -> ssl.SSLContext | None:
+    """The client TLS context for an mqtts:// broker (None for mqtt://): certificate and host
+    name checked, the CA file or the system's CAs, a client certificate for mTLS."""
+    if not options.url.tls:
+        return None
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
+        if options.ca_file is not None:
+            context.load_verify_locations(cafile=str(options.ca_file))
+        else:
+            context.load_default_certs()
+        if options.cert_file is not None:
+            key = str(options.key_file) if options.key_file is not None else None
+            context.load_cert_chain(str(options.cert_file), key)
+    except (ssl.SSLError, OSError) as exc:
+        raise BrokerConfigError(f"TLS files for {options.url}: {exc}") from exc
+    return context
+
+
+class Backoff:
+    """Capped exponential delays between connection attempts: first, 2 x first, ... cap."""
+
+    def __init__(self, first_s: float, cap_s: float) -> None:
+        self._first = first_s
+        self._cap = max(cap_s, first_s)
+        self._delay = first_s
+
+    def next(self) -> float:
+        delay = self._delay
+        self._delay = min(delay * 2, self._cap)
+        return delay
+
+    def reset(self) -> None:
+        self._delay = self._first
+
+
+class _Code(int):
+    """A reason code paho has no name for."""
+
+    def __str__(self) -> str:
+        return f"reason code {int(self):#04x}"
+
+
+def reason(packet_type: int, code: int) -> ReasonCode | int:
+    """An MQTT 5 reason code of a CONNACK, PUBACK or DISCONNECT, printable as words."""
+    try:
+        return ReasonCode(packet_type, identifier=code)
+    except (KeyError, ValueError):
+        return _Code(code)
+
+
+def connack_reason(connack: ConnAck, protocol: int) -> ReasonCode | int:
+    """The refusal of a CONNACK; 3.1.1 return codes get the names of the MQTT 5 codes."""
+    if protocol == PROTOCOL_311:
+        name = _RETURN_CODE_NAMES.get(connack.reason_code, "Unspecified error")
+        return ReasonCode(PacketTypes.CONNACK, name)
+    return reason(PacketTypes.CONNACK, connack.reason_code)
+
+
+def refused(connack: ConnAck) -> bool:
+    # 3.1.1: any non-zero return code; 5: reason codes from 0x80 (CONNACK has no other success).
+    return connack.reason_code != 0
+
+
+def describe_io_error(exc: BaseException) -> str:
+    """Why an established connection ended, for the "connection lost" line."""
+    if isinstance(exc, ProtocolError):
+        return f"protocol error: {exc}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+class Link:
+    """One established connection: a non-blocking socket (plain or TLS), the decoder for what
+    the broker sends, and the bytes waiting to be sent."""
+
+    def __init__(self, sock: socket.socket, protocol: int) -> None:
+        self.sock = sock
+        self.decoder = Decoder(protocol)
+        self.out = bytearray()
+        self.backlog: list[Packet] = []  # arrived with the CONNACK
+        # A TLS write can need a read first (renegotiation): then waiting for "writable" spins.
+        self.write_needs_read = False
+        self.broken: str | None = None  # why the link is done, noticed by another thread
+        self._tls = isinstance(sock, ssl.SSLSocket)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self) -> list[Packet] | None:
+        """Every packet completed by what the socket has now (perhaps none); None if no byte
+        arrived. Raises ConnectionClosed at EOF, OSError or ProtocolError on a broken link."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+        except ssl.SSLZeroReturnError:
+            raise ConnectionClosed() from None
+        if not data:
+            raise ConnectionClosed()
+        if self._tls:
+            assert isinstance(self.sock, ssl.SSLSocket)
+            while self.sock.pending():  # decrypted already: the selector will not report it
+                data += self.sock.recv(RECV_SIZE)
+        self.write_needs_read = False
+        return self.decoder.feed(data)
+
+    def flush(self) -> bool:
+        """Send what the socket takes now; True once nothing is left."""
+        out = self.out
+        while out:
+            try:
+                with memoryview(out) as view, view[:SEND_CHUNK] as chunk:
+                    sent = self.sock.send(chunk)
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                return False
+            except ssl.SSLWantReadError:
+                self.write_needs_read = True
+                return False
+            del out[:sent]
+        return True
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def _wait(sock: socket.socket, events: int, deadline: float, stop_fd: int) -> None:
+    """Until sock is ready for events; Interrupted when stop_fd is readable, TimeoutError
+    at the deadline."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError(errno.ETIMEDOUT, "timed out")
+    poller = select.poll()
+    poller.register(sock, events)
+    poller.register(stop_fd, select.POLLIN)
+    ready = poller.poll(remaining * 1000)
+    if any(fd == stop_fd for fd, _ in ready):
+        raise Interrupted()
+    if not ready:
+        raise TimeoutError(errno.ETIMEDOUT, "timed out")
+
+
+def _tcp_connect(url: BrokerUrl, deadline: float, stop_fd: int) -> socket.socket:
+    last: OSError | None = None
+    for family, kind, proto, _, addr in socket.getaddrinfo(
+        url.host, url.port, type=socket.SOCK_STREAM
+    ):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            err = sock.connect_ex(addr)
+            if err == errno.EINPROGRESS:
+                _wait(sock, select.POLLOUT, deadline, stop_fd)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))  # ECONNREFUSED: ConnectionRefusedError
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        # We batch our own writes: Nagle would only hold them back for the broker's ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise last or OSError(errno.EHOSTUNREACH, "no address for the broker")
+
+
+def open_link(
+    url: BrokerUrl,
+    tls: ssl.SSLContext | None,
+    connect_packet: bytes,
+    protocol: int,
+    stop_fd: int,
+    timeout: float = CONNECT_TIMEOUT_S,
+) -> tuple[Link, ConnAck]:
+    """Connect, shake hands (TLS), send CONNECT and wait for the CONNACK, accepted or not.
+
+    Raises OSError (ssl.SSLError, socket.gaierror, TimeoutError, ...) or ProtocolError when no
+    CONNACK comes, Interrupted when stop_fd becomes readable.
+    """
+    deadline = time.monotonic() + timeout
+    sock = _tcp_connect(url, deadline, stop_fd)
+    try:
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname=url.host, do_handshake_on_connect=False)
+            assert isinstance(sock, ssl.SSLSocket)
+            while True:
+                try:
+                    sock.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    _wait(sock, select.POLLIN, deadline, stop_fd)
+                except ssl.SSLWantWriteError:
+                    _wait(sock, select.POLLOUT, deadline, stop_fd)
+        link = Link(sock, protocol)
+        link.out += connect_packet
+        while not link.flush():
+            _wait(sock, select.POLLOUT, deadline, stop_fd)
+        while True:
+            _wait(sock, select.POLLIN, deadline, stop_fd)
+            packets = link.read()
+            if packets:
+                break
+        first, *rest = packets
+        if not isinstance(first, ConnAck):
+            raise ProtocolError(f"expected CONNACK, got {type(first).__name__}")
+        link.backlog = rest
+        return link, first
+    except BaseException:
+        sock.close()
+        raise
+
+
+def say_goodbye(link: Link, disconnect_packet: bytes, timeout: float) -> None:
+    """Send DISCONNECT and wait until the broker closes its end, so our close cannot reset
+    the connection (a reset may lose what the broker has not read yet, and publish the will)."""
+    deadline = time.monotonic() + timeout
+    link.out += disconnect_packet
+    try:
+        while not link.flush():
+            if not _ready(link.sock, select.POLLOUT, deadline):
+                return
+        while _ready(link.sock, select.POLLIN, deadline):
+            try:
+                if not link.sock.recv(RECV_SIZE):
+                    return
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                continue
+    except OSError:  # ssl.SSLEOFError and resets included: the broker is gone either way
+        return
+
+
+def _ready(sock: socket.socket, events: int, deadline: float) -> bool:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return False
+    poller = select.poll()
+    poller.register(sock, events)
+    return bool(poller.poll(remaining * 1000))
