@@ -50,6 +50,23 @@ class SpoolCounters:
     replayed: int = 0  # events found in the spool at open (left by an earlier run)
 
 
+def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
+    """Ids as (first, last) runs of consecutive ids: acks come mostly in order, so a batch
+    deletes with a statement or two instead of one per row."""
+    ordered = sorted(set(ids))
+    if ordered[-1] - ordered[0] + 1 == len(ordered):  # the usual case, checked in C
+        return [(ordered[0], ordered[-1])]
+    runs: list[tuple[int, int]] = []
+    first = last = ordered[0]
+    for i in ordered[1:]:
+        if i != last + 1:
+            runs.append((first, last))
+            first = i
+        last = i
+    runs.append((first, last))
+    return runs
+
+
 def _disk_full(exc: sqlite3.Error) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
 
@@ -66,6 +83,9 @@ class Spool:
         self._store_failures = 0  # events refused in the current episode of write errors
         self._last_reclaim = 0.0
         self._high_id = 0  # the highest row id handed out by read_after
+        # Bumped whenever stored rows vanish without an ack (dropped for room, file replaced):
+        # a publisher holding copies of rows it has not sent yet must drop them.
+        self.generation = 0
         self._lock_file = self._take_ownership()
         try:
             self._db = self._open_or_quarantine()
@@ -73,6 +93,7 @@ class Spool:
             os.close(self._lock_file)
             raise
         self._depth = self._count()
+        self._last_id = self._sequence()
         self.counters.replayed = self._depth
         if self._depth:
             log.info("spool %s holds %d events from an earlier run: replaying", path, self._depth)
@@ -163,6 +184,11 @@ class Spool:
     def _count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
+    def _sequence(self) -> int:
+        """The last id AUTOINCREMENT handed out (0 for a new file)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return int(row[0]) if row else 0
+
     # --- use ------------------------------------------------------------------------------
 
     @property
@@ -170,28 +196,39 @@ class Spool:
         """Events in the spool, including those handed to the publisher but not yet acked."""
         return self._depth
 
+    @property
+    def last_id(self) -> int:
+        """The highest row id stored so far: rows after a cursor at last_id do not exist."""
+        return self._last_id
+
     def append(self, payloads: Sequence[bytes], protect_upto: int = 0) -> int:
         """Store a batch in one transaction; returns how many events were dropped for room.
 
         Rows with id <= protect_upto are with the publisher already and are not dropped, so
         a full spool may briefly exceed max_events by the publisher's in-flight window.
         """
+        return self.append_ids(payloads, protect_upto)[1]
+
+    def append_ids(self, payloads: Sequence[bytes], protect_upto: int = 0) -> tuple[range, int]:
+        """``append`` that also returns the ids of the stored rows: consecutive, one for each
+        of the last ``len(ids)`` payloads (a batch larger than the room loses its oldest)."""
+        none = range(0)
         if not payloads:
-            return 0
+            return none, 0
         with self._lock:
             try:
-                dropped = self._append(payloads, protect_upto)
+                ids, dropped = self._append(payloads, protect_upto)
             except sqlite3.OperationalError as exc:  # disk full, I/O error, locked
                 self._rollback()
                 if not (_disk_full(exc) and self._reclaim_wal()):
                     self._store_failed(len(payloads), exc)
-                    return 0
+                    return none, 0
                 try:  # the WAL gave its space back: one more try
-                    dropped = self._append(payloads, protect_upto)
+                    ids, dropped = self._append(payloads, protect_upto)
                 except sqlite3.OperationalError as again:
                     self._rollback()
                     self._store_failed(len(payloads), again)
-                    return 0
+                    return none, 0
             except sqlite3.DatabaseError as exc:  # the file went bad under us
                 self._rollback()
                 try:
@@ -200,7 +237,7 @@ class Spool:
                 except sqlite3.Error as again:
                     self.counters.dropped_error += len(payloads)
                     log.error("spool %s: cannot recover: %s", self.path, again)
-                    return 0
+                    return none, 0
             if self._store_failures:
                 log.warning(
                     "spool %s: writable again; %d events could not be stored (dropped_queue)",
@@ -208,7 +245,7 @@ class Spool:
                     self._store_failures,
                 )
                 self._store_failures = 0
-            return dropped
+            return ids, dropped
 
     def _reclaim_wal(self) -> bool:
         """On a full disk, fold the WAL into the database and truncate it (at most once a
@@ -232,7 +269,7 @@ class Spool:
             )
         self._store_failures += count
 
-    def _append(self, payloads: Sequence[bytes], protect_upto: int) -> int:
+    def _append(self, payloads: Sequence[bytes], protect_upto: int) -> tuple[range, int]:
         db = self._db
         dropped = 0
         db.execute("BEGIN IMMEDIATE")
@@ -249,11 +286,17 @@ class Spool:
             if rest > 0:  # everything older is in flight: drop the oldest of this batch
                 payloads = payloads[rest:]
                 dropped += rest
-        db.executemany("INSERT INTO events (payload) VALUES (?)", ((p,) for p in payloads))
+        db.executemany("INSERT INTO events (payload) VALUES (?)", zip(payloads))
+        last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0]) if payloads else 0
         db.execute("COMMIT")
         self._depth += len(payloads)
         self.counters.dropped_full += dropped
-        return dropped
+        if dropped:
+            self.generation += 1
+        if not payloads:
+            return range(0), dropped
+        self._last_id = last
+        return range(last - len(payloads) + 1, last + 1), dropped
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
@@ -262,10 +305,12 @@ class Spool:
 
     def _replace_corrupt(self, reason: str) -> None:
         self.counters.dropped_corrupt += self._depth
+        self.generation += 1
         self._db.close()
         self._quarantine(reason)
         self._db = self._open()
-        self._seed_ids(self._high_id)
+        self._last_id = max(self._last_id, self._high_id)  # never hand out an id twice
+        self._seed_ids(self._last_id)
         self._depth = 0
 
     def _replace_corrupt_logged(self, reason: str) -> None:
@@ -285,7 +330,7 @@ class Spool:
         """Up to limit (id, payload) rows with id > after_id, oldest first."""
         with self._lock:
             try:
-                rows = self._db.execute(
+                rows: list[tuple[int, bytes]] = self._db.execute(
                     "SELECT id, payload FROM events WHERE id > ? ORDER BY id LIMIT ?",
                     (after_id, limit),
                 ).fetchall()
@@ -296,8 +341,8 @@ class Spool:
                 self._replace_corrupt_logged(str(exc))
                 return []
             if rows:
-                self._high_id = max(self._high_id, int(rows[-1][0]))
-        return [(int(row_id), bytes(payload)) for row_id, payload in rows]
+                self._high_id = max(self._high_id, rows[-1][0])
+        return rows  # (int, bytes) already: ids are INTEGER PRIMARY KEY, payloads BLOBs
 
     def ack(self, ids: Sequence[int]) -> int:
         """Delete acknowledged rows; returns how many were still there."""
@@ -310,7 +355,7 @@ class Spool:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 removed = db.executemany(
-                    "DELETE FROM events WHERE id = ?", ((i,) for i in ids)
+                    "DELETE FROM events WHERE id BETWEEN ? AND ?", _runs(ids)
                 ).rowcount
                 db.execute("COMMIT")
             except sqlite3.OperationalError as exc:
@@ -335,14 +380,14 @@ class Spool:
     def _start_fresh(self) -> None:
         """Every row left is acknowledged but cannot be deleted (disk full): replace the file
         by an empty one. Ids continue from the old sequence so publisher cursors stay valid."""
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-        last_id = int(row[0]) if row else 0
+        self._last_id = max(self._sequence(), self._last_id, self._high_id)
+        self.generation += 1
         self._db.close()
         for extra in ("", *_SIDECARS):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{self.path}{extra}")
         self._db = self._open()
-        self._seed_ids(max(last_id, self._high_id))
+        self._seed_ids(self._last_id)
         self._depth = 0
         self._undeleted.clear()
         log.warning(
