@@ -1,35 +1,45 @@
 """MqttSink: every event goes to the spool first, then to the broker with QoS 1.
 
-Data flow: the probe thread serializes a batch and appends it to the spool in one transaction
-(``emit``). A publisher reads rows in id order and hands at most ``window`` of them to paho;
-each PUBACK (``on_publish``, in paho's ``loop_start`` network thread) deletes its row. Nothing
-is deleted before the broker has acknowledged it, so a broker outage or an agent crash costs
-duplicates (consumers de-duplicate on ``event_id``), never silent loss.
+Data flow: ``emit`` serializes a batch and appends it to the spool in one transaction. While
+connected it then takes in the PUBACKs that have arrived (one non-blocking ``recv``, parsed in
+bulk), encodes the new rows as PUBLISH packets (one event per message) into one buffer and
+writes it with one non-blocking send, up to ``window`` messages in flight. Acknowledged rows are
+deleted from the spool in batches (one transaction per ACK_BATCH rows or ACK_MAX_DELAY_S).
+Nothing is deleted before the broker has acknowledged it, so a broker outage or an agent crash
+costs duplicates (consumers de-duplicate on ``event_id``), never silent loss.
 
-Locking: ``_lock`` guards the publisher state. paho calls ``on_publish`` while holding its own
-message lock, and ``publish()`` takes that lock, so callbacks only *try* ``_lock``; whoever holds
-it re-checks for work after releasing (``_kick``), so no acknowledgement waits longer than the
-next PUBACK, emit or ``service()`` call.
+Every connection starts a clean session: rows in flight when a connection ends are sent again,
+in spool order, on the next one. The wire format is in ``mqtt_wire``; sockets, TLS and backoff
+are in ``mqtt_conn``.
+
+Threads and locking. The network thread (``procmon-mqtt``) connects, reconnects, keeps the
+link alive and does the reading and refilling whenever emits stop coming (EMIT_READS_S). ``_lock``
+guards all publisher state (cursor, in-flight maps, packet ids, acked rows, status and stats
+queue) and the established link's socket: whoever holds it runs ``_pump_locked`` (read, keep
+alive, fill, send), and socket calls under it never block (the socket is non-blocking). The
+network thread takes it after each ``epoll`` wake-up; ``emit``, ``publish_stats``, ``flush``
+and ``close`` (the agent's main thread) take it to append and pump, so a steady stream costs no
+thread wake-up at all. The spool's own lock nests inside ``_lock``; no other lock does. The
+network thread waits in ``epoll`` and connects without the lock. ``emit`` wakes it (an
+eventfd) only when the socket would block or the link broke; a second eventfd asks it to stop
+and also ends a connect in progress. Flags and counters read without the lock (``_connected``,
+``published``, ...) are single assignments, atomic under the GIL.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import json
 import logging
-import sys
+import os
+import select
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
+from typing import Any, NamedTuple, cast
 
 from procmon.broker_url import (
     BrokerOptions,
@@ -39,6 +49,41 @@ from procmon.broker_url import (
 )
 from procmon.config import MqttConfig
 from procmon.event import SCHEMA_ID, ExitEvent
+from procmon.sinks.mqtt_conn import (
+    Backoff,
+    Interrupted,
+    Link,
+    connack_reason,
+    describe_io_error,
+    disconnect_reason,
+    open_link,
+    puback_reason,
+    refused,
+    say_goodbye,
+    tls_context,
+)
+from procmon.sinks.mqtt_wire import (
+    CONTENT_TYPE,
+    MESSAGE_EXPIRY_INTERVAL,
+    PAYLOAD_FORMAT_INDICATOR,
+    PINGREQ_PACKET,
+    PROTOCOL_5,
+    PROTOCOL_311,
+    RECEIVE_MAXIMUM,
+    SERVER_KEEP_ALIVE,
+    USER_PROPERTY,
+    Disconnect,
+    Packet,
+    PingResp,
+    PropertyValue,
+    ProtocolError,
+    PubAck,
+    PubAcks,
+    PublishEncoder,
+    Will,
+    encode_connect,
+    encode_disconnect,
+)
 from procmon.spool import Spool
 
 log = logging.getLogger("procmon.mqtt")
@@ -54,6 +99,15 @@ ACK_MAX_DELAY_S = 0.2
 FLUSH_TIMEOUT_S = 10.0
 DROP_COUNTERS = ("dropped_kernel", "dropped_queue", "dropped_spool")
 OFFLINE_TIMEOUT_S = 3.0
+# Without PINGRESP or anything else from the broker for this many keepalives: a dead link.
+DEAD_AFTER_KEEPALIVES = 1.5
+GOODBYE_TIMEOUT_S = 1.0
+FIRST_RETRY_S = 1.0
+# Longest close() waits for the network thread (a connect or the goodbye in progress).
+JOIN_TIMEOUT_S = 15.0
+# While emits come at least this often they read the PUBACKs; the network thread only
+# watches the socket once they stop, so a steady stream never wakes it.
+EMIT_READS_S = 0.1
 
 _to_json = ExitEvent.__pydantic_serializer__.to_json
 
@@ -84,29 +138,24 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-class _FrozenProperties(Properties):
-    """PUBLISH properties packed once: paho packs them again for every message otherwise
-    (about 5 % of the agent's CPU at 1k exits/s)."""
-
-    def __init__(self, props: Properties) -> None:
-        super().__init__(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        # Properties.__setattr__ admits only MQTT property names: go around it.
-        self.__dict__.update(props.__dict__)
-        self.__dict__["packed"] = props.pack()  # type: ignore[no-untyped-call]
-
-    def pack(self) -> bytes:
-        packed: bytes = self.__dict__["packed"]
-        return packed
-
-
-def _v5_properties(schema: str, expiry_s: int = 0) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    props.ContentType = "application/json"
-    props.PayloadFormatIndicator = 1  # UTF-8
-    props.UserProperty = [("schema", schema)]
+def _v5_properties(schema: str, expiry_s: int = 0) -> list[tuple[int, PropertyValue]]:
+    props: list[tuple[int, PropertyValue]] = [(PAYLOAD_FORMAT_INDICATOR, 1)]  # UTF-8
     if expiry_s:
-        props.MessageExpiryInterval = expiry_s
-    return _FrozenProperties(props)
+        props.append((MESSAGE_EXPIRY_INTERVAL, expiry_s))
+    props += [(CONTENT_TYPE, "application/json"), (USER_PROPERTY, ("schema", schema))]
+    return props
+
+
+def _row_id(row: tuple[int, bytes]) -> int:
+    return row[0]
+
+
+class _Control(NamedTuple):
+    """A status or stats message waiting for room in the window."""
+
+    encoder: PublishEncoder
+    payload: bytes
+    done: threading.Event | None  # set once acknowledged or the connection is gone
 
 
 class MqttSink:
@@ -125,267 +174,455 @@ class MqttSink:
         self._options = options or BrokerOptions.build(
             cfg.broker, cfg.username, cfg.password_file, cfg.ca_file, cfg.cert_file, cfg.key_file
         )
+        self._tls = tls_context(self._options)  # BrokerConfigError now, not at each connect
         self._spool = spool
-        self._v5 = cfg.protocol == "5"
+        self._protocol = PROTOCOL_5 if cfg.protocol == "5" else PROTOCOL_311
+        v5 = self._protocol == PROTOCOL_5
+        self._client_id = cfg.client_id or f"procmon-{identity.host}"
+        self._keepalive_s = cfg.keepalive_s
         self._max_window = min(cfg.max_inflight, MAX_WINDOW)
-        self._window = self._max_window
         self._retry_max_s = float(cfg.reconnect_max_s)
         self._reporter = ConnectionReporter(
             log, self._options.url, "retrying with backoff; events stay in the spool"
         )
-        self._exit_props = _v5_properties(SCHEMA_ID, cfg.message_expiry_s) if self._v5 else None
-        self._status_props = _v5_properties(STATUS_SCHEMA) if self._v5 else None
-        self._stats_props = _v5_properties(STATS_SCHEMA) if self._v5 else None
 
-        # Publisher state, guarded by _lock.
+        def encoder(topic: str, schema: str, retain: bool, expiry_s: int = 0) -> PublishEncoder:
+            props = _v5_properties(schema, expiry_s) if v5 else []
+            return PublishEncoder(topic, protocol=self._protocol, retain=retain, properties=props)
+
+        self._exit_encoder = encoder(self.topics.exits, SCHEMA_ID, False, cfg.message_expiry_s)
+        self._status_encoder = encoder(self.topics.status, STATUS_SCHEMA, True)
+        self._stats_encoder = encoder(self.topics.stats, STATS_SCHEMA, False)
+        self._will_properties: list[tuple[int, PropertyValue]] = (
+            [(CONTENT_TYPE, "application/json"), (USER_PROPERTY, ("schema", STATUS_SCHEMA))]
+            if v5
+            else []
+        )
+
+        # Guarded by _lock (see the module docstring).
         self._lock = threading.Lock()
-        self._inflight: dict[int, int] = {}  # paho message id -> spool row id
-        self._inflight_rows: set[int] = set()
-        self._control_mids: set[int] = set()  # status and stats messages
-        self._cursor = 0  # highest row id handed to paho
-        self._acked: list[int] = []  # row ids acked, not yet deleted from the spool
+        self._link: Link | None = None  # set while connected: whoever holds _lock may send
+        self._window = self._max_window
+        self._keepalive = float(cfg.keepalive_s)  # the broker's Server Keep Alive overrides it
+        self._cursor = 0  # the last row read for publishing; moves back to re-send
+        self._handed = 0  # the highest row ever handed to the broker
+        self._inflight: dict[int, int] = {}  # packet id -> spool row id
+        # After a rejection moved the cursor back: rows still in flight, not to be sent twice.
+        self._skip_rows: set[int] = set()
+        self._control_ids: dict[int, threading.Event | None] = {}  # status and stats messages
+        self._controls: collections.deque[_Control] = collections.deque()
+        self._last_packet_id = 0
+        # Rows emit just stored, still in memory: published without reading them back from
+        # the spool while they directly follow the cursor.
+        self._fresh: list[tuple[int, bytes]] = []
+        self._fresh_generation = spool.generation
+        self._acked: list[int] = []  # acknowledged rows not yet deleted from the spool
         self._acked_since = 0.0
         self._rewind_to: int | None = None  # after rejections: re-send from here
         self._resume_at = 0.0
         self._reject_delay = 1.0
+        self._reported_rejections: set[int] = set()
+        self._last_in = self._last_out = self._last_emit = 0.0
+        self._ping_sent: float | None = None
         self._status_due = False
         self._last_counters: dict[str, Any] = {}
         self._last_status_drops: tuple[Any, ...] = ()
-        self._reported_rejections: set[int] = set()
 
-        # Written by paho's thread, read anywhere (single assignments, GIL-atomic).
-        self._acks: collections.deque[tuple[int, ReasonCode]] = collections.deque()
-        self._wake = False
+        # Written under _lock or by one thread, read anywhere (GIL-atomic).
         self._connected = False
         self._closing = False
+        self._stop = False
+        self._wake_pending = False
         self.published = 0
         self.rejected = 0
         self.connects = 0
 
-        self._client = self._make_client(cfg)
-        self._client.connect_async(
-            self._options.url.host,
-            self._options.url.port,
-            keepalive=cfg.keepalive_s,
-            clean_start=True if self._v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-        )
-        self._client.loop_start()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._thread = threading.Thread(target=self._network_main, name="procmon-mqtt", daemon=True)
+        self._thread.start()
 
-    def _make_client(self, cfg: MqttConfig) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id or f"procmon-{self.identity.host}",
-            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
-            clean_session=None if self._v5 else True,
-        )
-        self._options.apply(client)
-        client.reconnect_delay_set(min_delay=1, max_delay=cfg.reconnect_max_s)
-        # The window is ours (it counts status and stats messages too): paho sends at once.
-        client.max_inflight_messages_set(0)
-        client.suppress_exceptions = True  # a failing callback must not end the network thread
-        will_props = (
-            Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
-            if self._v5
-            else None
-        )
-        if will_props is not None:
-            will_props.ContentType = "application/json"
-            will_props.UserProperty = [("schema", STATUS_SCHEMA)]
-        client.will_set(
-            self.topics.status,
-            self._status_json("offline", reason="connection lost"),
-            qos=1,
-            retain=True,
-            properties=will_props,
-        )
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        return client
+    # --- the network thread: connections ---------------------------------------------------
 
-    # --- paho callbacks (network thread): never block on _lock, never raise -------------------
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        try:
-            self._connected_to_broker(reason, properties)
-        except Exception:  # paho would otherwise swallow it silently
-            log.exception("MQTT on_connect failed")
-
-    def _connected_to_broker(self, reason: ReasonCode, properties: Properties | None) -> None:
-        if reason.is_failure:
-            self._reporter.failed(describe_refusal(reason))
-            return
-        self._reporter.connected()
-        # MQTT 5 brokers may accept fewer unacknowledged publishes than we would send.
-        receive_max = getattr(properties, "ReceiveMaximum", None)
-        self._window = min(self._max_window, receive_max or self._max_window)
-        self.connects += 1
-        self._connected = True
-        self._status_due = True
-        self._wake = True
-        self._kick(blocking=False)
-
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        # paho calls this inside its `except OSError:` block: the exception is the reason.
-        self._reporter.failed(describe_connect_error(sys.exc_info()[1]))
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        was_connected, self._connected = self._connected, False
-        if was_connected and not self._closing:
-            self._reporter.lost(str(reason))
-
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self._acks.append((mid, reason))
-        self._kick(blocking=False)
-
-    # --- the publisher ------------------------------------------------------------------------
-
-    def _kick(self, blocking: bool) -> None:
-        """Run the publisher if _lock is free; repeat while others left work for us."""
-        while True:
-            if not self._lock.acquire(blocking=blocking):
-                return
+    def _network_main(self) -> None:
+        backoff = Backoff(FIRST_RETRY_S, self._retry_max_s)
+        while not self._stop:
+            link: Link | None = None
             try:
-                self._service_locked()
-            except Exception:  # a callback must not die: the next kick retries
-                log.exception("MQTT publisher step failed")
-            finally:
-                self._lock.release()
-            if not self._acks and not self._wake:
+                link = self._connect()
+            except Interrupted:
                 return
-            blocking = False
+            except Exception:  # a bug, not the network: keep trying all the same
+                log.exception("MQTT connect step failed")
+            if link is not None:
+                backoff.reset()
+                why = "internal error"
+                try:
+                    why = self._serve(link)
+                except (OSError, ProtocolError) as exc:
+                    why = describe_io_error(exc)
+                except Exception:
+                    log.exception("MQTT network step failed")
+                finally:
+                    self._connection_ended(why)
+                    link.close()
+            if not self._stop:
+                self._pause(backoff.next())
 
-    def _service_locked(self, flush_acks: bool = False) -> None:
-        self._wake = False
-        self._take_acks()
-        if self._acked and (
-            flush_acks
-            or len(self._acked) >= ACK_BATCH
-            or time.monotonic() - self._acked_since >= ACK_MAX_DELAY_S
-        ):
-            self._spool.ack(self._acked)
-            self._acked = []
-        if self._connected:
-            if self._status_due:
-                self._status_due = False
-                self._publish_control(self.topics.status, self._status_json("online"), True)
-            self._pump()
+    def _pause(self, seconds: float) -> None:
+        """Sleep between attempts; close() ends it at once."""
+        poller = select.poll()
+        poller.register(self._stop_fd, select.POLLIN)
+        poller.poll(seconds * 1000)
 
-    def _take_acks(self) -> None:
-        acks = self._acks
-        while acks:
-            mid, reason = acks.popleft()
-            if mid in self._control_mids:
-                self._control_mids.discard(mid)
-                continue
-            row = self._inflight.pop(mid, None)
-            if row is None:
-                continue
-            self._inflight_rows.discard(row)
-            if reason.is_failure:
-                self._rejected(row, reason)
-                continue
-            if not self._acked:
+    def _connect(self) -> Link | None:
+        with self._lock:
+            will_payload = self._status_json("offline", reason="connection lost")
+        packet = encode_connect(
+            protocol=self._protocol,
+            client_id=self._client_id,
+            keepalive=self._keepalive_s,
+            clean_start=True,
+            username=self._options.username,
+            password=self._options.password,
+            will=Will(
+                self.topics.status, will_payload, qos=1, retain=True,
+                properties=self._will_properties,
+            ),
+        )  # fmt: skip
+        try:
+            link, connack = open_link(
+                self._options.url, self._tls, packet, self._protocol, self._stop_fd
+            )
+        except ProtocolError as exc:
+            self._reporter.failed(f"protocol error ({exc})")
+            return None
+        except OSError as exc:
+            self._reporter.failed(describe_connect_error(exc))
+            return None
+        if refused(connack):
+            link.close()
+            self._reporter.failed(describe_refusal(connack_reason(connack, self._protocol)))
+            return None
+        self._reporter.connected()
+        # MQTT 5 brokers may accept fewer unacknowledged publishes, or impose a keepalive.
+        receive_max = connack.properties.get(RECEIVE_MAXIMUM)
+        server_keepalive = connack.properties.get(SERVER_KEEP_ALIVE)
+        with self._lock:
+            self._window = self._max_window
+            if isinstance(receive_max, int) and receive_max > 0:
+                self._window = min(self._max_window, receive_max)
+            self._keepalive = float(self._keepalive_s)
+            if isinstance(server_keepalive, int) and server_keepalive > 0:
+                self._keepalive = float(server_keepalive)
+        return link
+
+    def _connection_ended(self, why: str) -> None:
+        with self._lock:
+            self._link = None
+            was_connected, self._connected = self._connected, False
+            if was_connected and not self._closing:
+                self._reporter.lost(why)
+            self._ping_sent = None
+            for done in self._control_ids.values():
+                if done is not None:
+                    done.set()
+            self._control_ids.clear()
+            for control in self._controls:
+                if control.done is not None:
+                    control.done.set()
+            self._controls.clear()
+            if not self._stop:  # close() may be closing the spool
+                self._delete_acked_locked()
+            if self._inflight:  # clean session: re-send them, in spool order
+                self._cursor = min(self._cursor, min(self._inflight.values()) - 1)
+            self._inflight.clear()
+            self._skip_rows.clear()
+            self._fresh.clear()
+
+    # --- the network thread: one connection ------------------------------------------------
+
+    def _serve(self, link: Link) -> str:
+        """Read, keep alive and refill until the link breaks (returns why) or close()."""
+        now = time.monotonic()
+        with self._lock:
+            self._last_in = self._last_out = now
+            self._ping_sent = None
+            self.connects += 1
+            self._connected = True
+            self._status_due = True  # the retained online status goes first
+            why = self._handle_locked(link.backlog) if link.backlog else None
+            if why:
+                return why
+            self._link = link
+            self._pump_locked(link, now)
+        sock_fd = link.fileno()
+        epoll = select.epoll()
+        try:
+            watching = select.EPOLLIN
+            epoll.register(sock_fd, watching)
+            epoll.register(self._wake_fd, select.EPOLLIN)
+            epoll.register(self._stop_fd, select.EPOLLIN)
+            while not self._stop:
+                with self._lock:
+                    if link.broken is not None:
+                        return link.broken
+                    emits_read = now - self._last_emit < EMIT_READS_S and not self._closing
+                    wanted = 0 if emits_read else select.EPOLLIN
+                    if link.out and not link.write_needs_read:
+                        wanted |= select.EPOLLOUT
+                    timeout = self._next_timeout(now, emits_read)
+                if wanted != watching:  # errors and hang-ups are reported regardless
+                    epoll.modify(sock_fd, wanted)
+                    watching = wanted
+                ready = epoll.poll(timeout)
+                now = time.monotonic()
+                if any(fd == self._wake_fd for fd, _ in ready):
+                    self._wake_pending = False
+                    with contextlib.suppress(BlockingIOError):
+                        os.eventfd_read(self._wake_fd)
+                if self._stop:
+                    break
+                with self._lock:
+                    self._pump_locked(link, now)
+        finally:
+            epoll.close()
+        with self._lock:
+            self._link = None  # from here on, nobody else sends
+        say_goodbye(link, encode_disconnect(self._protocol), GOODBYE_TIMEOUT_S)
+        return "closed"
+
+    def _next_timeout(self, now: float, emits_read: bool) -> float:
+        keepalive = self._keepalive
+        if self._ping_sent is None:
+            due = min(self._last_in, self._last_out) + keepalive
+        else:
+            due = self._last_in + DEAD_AFTER_KEEPALIVES * keepalive
+        if self._acked:
+            due = min(due, self._acked_since + ACK_MAX_DELAY_S)
+        if self._rewind_to is not None and self._resume_at > now:  # past: waits for room
+            due = min(due, self._resume_at)
+        if emits_read:  # then watch the socket ourselves
+            due = min(due, self._last_emit + EMIT_READS_S)
+        return max(0.0, due - now)
+
+    def _handle_locked(self, packets: list[Packet]) -> str | None:
+        """Account for what the broker sent; returns why the link ends, if it does."""
+        acked = self._acked
+        inflight = self._inflight
+        before = len(acked)
+        for packet in packets:
+            if type(packet) is PubAcks:
+                pop = inflight.pop
+                found = [pop(packet_id, None) for packet_id in packet.packet_ids]
+                if None in found:  # status and stats messages among them
+                    for packet_id, row in zip(packet.packet_ids, found, strict=True):
+                        if row is None:
+                            self._control_acked(packet_id)
+                    found = [row for row in found if row is not None]
+                acked += cast(list[int], found)
+            elif type(packet) is PubAck:
+                row = inflight.pop(packet.packet_id, None)
+                if row is None:
+                    self._control_acked(packet.packet_id)
+                elif packet.reason_code >= 0x80:
+                    self._rejected(row, packet.reason_code)
+                else:
+                    acked.append(row)
+            elif type(packet) is PingResp:
+                self._ping_sent = None
+            elif type(packet) is Disconnect:
+                why = disconnect_reason(packet.reason_code)
+                return f"the broker disconnected: {why}"
+            else:
+                return f"protocol error: unexpected {type(packet).__name__}"
+        if len(acked) > before:
+            if not before:
                 self._acked_since = time.monotonic()
-            self._acked.append(row)
-            self.published += 1
+            self.published += len(acked) - before
             self._reject_delay = 1.0
+        return None
 
-    def _rejected(self, row: int, reason: ReasonCode) -> None:
+    def _control_acked(self, packet_id: int) -> None:
+        if packet_id in self._control_ids:
+            done = self._control_ids.pop(packet_id)
+            if done is not None:
+                done.set()
+
+    def _rejected(self, row: int, code: int) -> None:
         """The broker refused one event: keep it spooled and re-send after a pause."""
         self.rejected += 1
-        if reason.value not in self._reported_rejections:
-            self._reported_rejections.add(reason.value)
+        if code not in self._reported_rejections:
+            self._reported_rejections.add(code)
             log.error(
                 "MQTT broker %s rejected an event on %s: %s; events stay in the spool and are "
                 "re-sent with backoff",
                 self._options.url,
                 self.topics.exits,
-                reason,
+                puback_reason(code),
             )
         self._rewind_to = min(row - 1, self._rewind_to if self._rewind_to is not None else row)
         self._resume_at = time.monotonic() + self._reject_delay
         self._reject_delay = min(self._reject_delay * 2, self._retry_max_s)
 
-    def _pump(self) -> None:
-        """Hand spooled rows to paho until the in-flight window is full."""
+    # --- pumping (any thread, _lock held) -----------------------------------------------------
+
+    def _pump_locked(self, link: Link, now: float) -> None:
+        """One round on the link, never blocking: take in what the broker sent, delete acked
+        rows when due, keep alive, fill the window and send. A broken link is marked
+        (``link.broken``) for the network thread to end it."""
+        if link.broken is not None:
+            return
+        try:
+            packets = link.read()
+            if packets is not None:
+                self._last_in = now
+                link.broken = self._handle_locked(packets)
+                if link.broken is not None:
+                    return
+            if self._acked and (
+                len(self._acked) >= ACK_BATCH or now - self._acked_since >= ACK_MAX_DELAY_S
+            ):
+                self._delete_acked_locked()
+            # Keepalive: ping after a keepalive without traffic; dead once 1.5 keepalives
+            # passed without a byte from the broker (a black-holed link gives no RST, no FIN).
+            if self._ping_sent is not None:
+                if now - self._last_in >= DEAD_AFTER_KEEPALIVES * self._keepalive:
+                    link.broken = f"no answer from the broker for {now - self._last_in:.1f} s"
+                    return
+            elif now - self._last_in >= self._keepalive or now - self._last_out >= self._keepalive:
+                link.out += PINGREQ_PACKET
+                self._ping_sent = now
+            self._fill_locked(link, now)
+            if link.out:
+                link.flush()
+                self._last_out = now
+        except (OSError, ProtocolError) as exc:
+            link.broken = describe_io_error(exc)
+        finally:
+            if link.out or link.broken is not None:
+                self._wake()  # the network thread waits for room in the socket, or ends it
+
+    def _next_packet_id(self) -> int:
+        packet_id = self._last_packet_id
+        while True:
+            packet_id = packet_id + 1 if packet_id < 0xFFFF else 1
+            if packet_id not in self._inflight and packet_id not in self._control_ids:
+                self._last_packet_id = packet_id
+                return packet_id
+
+    def _fill_locked(self, link: Link, now: float) -> None:
+        """Encode status and stats messages, then spooled rows, until the window is full."""
+        room = self._window - len(self._inflight) - len(self._control_ids)
+        if room <= 0:
+            return
+        if self._status_due and not self._closing:
+            self._status_due = False
+            self._controls.appendleft(
+                _Control(self._status_encoder, self._status_json("online"), None)
+            )
+        while self._controls and room > 0:
+            control = self._controls.popleft()
+            packet_id = self._next_packet_id()
+            self._control_ids[packet_id] = control.done
+            control.encoder.encode_into(link.out, packet_id, control.payload)
+            room -= 1
+        if self._closing or room <= 0:
+            return  # the offline status is the last message
         if self._rewind_to is not None:
-            if time.monotonic() < self._resume_at:
+            if now < self._resume_at:
                 return
             self._cursor = min(self._cursor, self._rewind_to)
             self._rewind_to = None
-        room = self._window - len(self._inflight) - len(self._control_mids)
+            self._skip_rows = set(self._inflight.values())
         # Refill in chunks: one spool read per few PUBACKs, not one per PUBACK.
-        if room <= 0 or (self._inflight and room < max(1, self._window // 8)):
+        if self._inflight and room < max(1, self._window // 8):
             return
-        publish = self._client.publish
-        topic = self.topics.exits
-        while room > 0:
-            rows = self._spool.read_after(self._cursor, room)
-            if not rows:
-                return
-            for row, payload in rows:
-                if row in self._inflight_rows:  # after a rewind: still with the broker
-                    self._cursor = row
-                    continue
-                info = publish(topic, payload, qos=1, properties=self._exit_props)
-                if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-                    return  # message id still in use; the next PUBACK frees it
-                self._inflight[info.mid] = row
-                self._inflight_rows.add(row)
-                self._cursor = row
-                room -= 1
+        rows = self._take_rows_locked(room)
+        if not rows:
+            return
+        out = link.out
+        encode_into = self._exit_encoder.encode_into
+        inflight = self._inflight
+        controls = self._control_ids
+        packet_id = self._last_packet_id
+        for row, payload in rows:  # _next_packet_id, inlined: this loop runs for every event
+            packet_id = packet_id + 1 if packet_id < 0xFFFF else 1
+            while packet_id in inflight or packet_id in controls:
+                packet_id = packet_id + 1 if packet_id < 0xFFFF else 1
+            inflight[packet_id] = row
+            encode_into(out, packet_id, payload)
+        self._last_packet_id = packet_id
 
-    def _publish_control(self, topic: str, payload: bytes, retain: bool) -> mqtt.MQTTMessageInfo:
-        props = self._status_props if topic == self.topics.status else self._stats_props
-        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
-        self._control_mids.add(info.mid)
-        return info
+    def _take_rows_locked(self, room: int) -> list[tuple[int, bytes]]:
+        """Up to ``room`` rows after the cursor, from ``_fresh`` or else the spool."""
+        spool = self._spool
+        rows: list[tuple[int, bytes]] = []
+        cursor = self._cursor
+        fresh = self._fresh
+        if fresh and self._fresh_generation != spool.generation:
+            fresh.clear()  # some of them were dropped or lost with a replaced file
+        while room > 0 and cursor < spool.last_id:
+            if fresh and fresh[0][0] <= cursor:  # passed by a spool read
+                del fresh[: bisect.bisect_right(fresh, cursor, key=_row_id)]
+            if fresh and fresh[0][0] == cursor + 1:
+                batch = fresh[:room]
+                del fresh[:room]
+            else:
+                batch = spool.read_after(cursor, room)
+                if not batch:
+                    break
+            cursor = batch[-1][0]
+            if self._skip_rows:
+                batch = [r for r in batch if r[0] not in self._skip_rows]
+            rows += batch
+            room -= len(batch)
+        self._cursor = cursor
+        self._handed = max(self._handed, cursor)
+        return rows
+
+    def _keep_fresh_locked(self, ids: range, payloads: list[bytes]) -> None:
+        fresh = self._fresh
+        generation = self._spool.generation
+        if fresh and (fresh[-1][0] + 1 != ids.start or self._fresh_generation != generation):
+            fresh.clear()
+        # Only while connected, and at most a window's worth: otherwise the spool serves.
+        if ids and self._connected and len(fresh) + len(ids) <= self._max_window:
+            fresh += zip(ids, payloads[len(payloads) - len(ids) :], strict=True)
+            self._fresh_generation = generation
+        elif len(fresh) + len(ids) > self._max_window:
+            fresh.clear()
+
+    def _delete_acked_locked(self) -> None:
+        if self._acked:
+            self._spool.ack(self._acked)
+            self._acked = []
+
+    def _wake(self) -> None:
+        if not self._wake_pending and threading.get_ident() != self._thread.ident:
+            self._wake_pending = True
+            os.eventfd_write(self._wake_fd, 1)
 
     # --- Sink protocol and agent hooks --------------------------------------------------------
 
     def emit(self, events: Sequence[ExitEvent]) -> None:
         payloads = [_to_json(ev) for ev in events]
         with self._lock:
-            # Rows already with paho are protected from the drop-oldest rule: they may be
+            # Rows handed to the broker are protected from the drop-oldest rule: they may be
             # delivered, and must not be counted as both published and dropped.
-            self._spool.append(payloads, protect_upto=self._cursor)
-        self._kick(blocking=True)
+            ids, _ = self._spool.append_ids(payloads, protect_upto=self._handed)
+            self._keep_fresh_locked(ids, payloads)
+            if self._link is not None:
+                self._last_emit = now = time.monotonic()
+                self._pump_locked(self._link, now)
 
     def service(self) -> None:
-        """Called from the agent loop: flushes acks and refills the window when idle."""
-        self._wake = True
-        self._kick(blocking=True)
+        """Called from the agent loop. The network thread keeps its own timers: nothing to do."""
 
     def counters(self) -> dict[str, int]:
         """This sink's part of the stats (exact: spool depth counts undeleted acks out)."""
         with self._lock:
-            self._take_acks()
-            if self._acked:
-                self._spool.ack(self._acked)
-                self._acked = []
+            self._delete_acked_locked()
             spool = self._spool.counters
             return {
                 "published": self.published,
@@ -418,9 +655,11 @@ class MqttSink:
             if drops != self._last_status_drops:  # keep the retained status's counters current
                 self._last_status_drops = drops
                 self._status_due = True
-            if self._connected:
-                self._publish_control(self.topics.stats, json.dumps(stats).encode(), False)
-        self._kick(blocking=True)
+            if self._link is not None:
+                self._controls.append(
+                    _Control(self._stats_encoder, json.dumps(stats).encode(), None)
+                )
+                self._pump_locked(self._link, time.monotonic())
         return stats
 
     def _status_json(self, state: str, **extra: Any) -> bytes:
@@ -443,11 +682,12 @@ class MqttSink:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                self._service_locked(flush_acks=True)
+                self._delete_acked_locked()
                 if self._spool.depth == 0:
                     return True
-                if not self._connected:
+                if self._link is None:
                     return False
+                self._pump_locked(self._link, time.monotonic())
             time.sleep(0.02)
         return False
 
@@ -459,19 +699,25 @@ class MqttSink:
                 "%d events not yet acknowledged stay in the spool for the next start",
                 self._spool.depth,
             )
-        self._closing = True
+        offline: threading.Event | None = None
         with self._lock:
-            info = self._publish_control(
-                self.topics.status, self._status_json("offline", reason="stopped"), True
-            )
-        if self._connected:
-            with contextlib.suppress(RuntimeError, ValueError):  # not queued: nothing to wait for
-                info.wait_for_publish(OFFLINE_TIMEOUT_S)
-        self._client.disconnect()
-        self._client.loop_stop()
+            self._closing = True
+            if self._link is not None:
+                offline = threading.Event()
+                payload = self._status_json("offline", reason="stopped")
+                self._controls.append(_Control(self._status_encoder, payload, offline))
+                self._pump_locked(self._link, time.monotonic())
+        self._wake()  # no more emits: the network thread reads the acknowledgement
+        if offline is not None:
+            offline.wait(OFFLINE_TIMEOUT_S)
+        self._stop = True
+        os.eventfd_write(self._stop_fd, 1)
+        self._thread.join(JOIN_TIMEOUT_S)
+        if self._thread.is_alive():  # leave its descriptors alone: it may still use them
+            log.warning("MQTT network thread did not stop within %.0f s", JOIN_TIMEOUT_S)
+        else:
+            os.close(self._wake_fd)
+            os.close(self._stop_fd)
         with self._lock:
-            self._take_acks()
-            if self._acked:
-                self._spool.ack(self._acked)
-                self._acked = []
-        self._spool.close()
+            self._delete_acked_locked()
+            self._spool.close()

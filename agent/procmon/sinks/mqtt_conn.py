@@ -101,6 +101,14 @@ def reason(packet_type: int, code: int) -> ReasonCode | int:
         return _Code(code)
 
 
+def puback_reason(code: int) -> ReasonCode | int:
+    return reason(PacketTypes.PUBACK, code)
+
+
+def disconnect_reason(code: int) -> ReasonCode | int:
+    return reason(PacketTypes.DISCONNECT, code)
+
+
 def connack_reason(connack: ConnAck, protocol: int) -> ReasonCode | int:
     """The refusal of a CONNACK; 3.1.1 return codes get the names of the MQTT 5 codes."""
     if protocol == PROTOCOL_311:
