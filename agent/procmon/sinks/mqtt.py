@@ -12,17 +12,18 @@ Every connection starts a clean session: rows in flight when a connection ends a
 in spool order, on the next one. The wire format is in ``mqtt_wire``; sockets, TLS and backoff
 are in ``mqtt_conn``.
 
-Threads and locking. The network thread (``procmon-mqtt``) connects, reconnects, keeps the
-link alive and does the reading and refilling whenever emits stop coming (EMIT_READS_S). ``_lock``
-guards all publisher state (cursor, in-flight maps, packet ids, acked rows, status and stats
-queue) and the established link's socket: whoever holds it runs ``_pump_locked`` (read, keep
-alive, fill, send), and socket calls under it never block (the socket is non-blocking). The
-network thread takes it after each ``epoll`` wake-up; ``emit``, ``publish_stats``, ``flush``
-and ``close`` (the agent's main thread) take it to append and pump, so a steady stream costs no
-thread wake-up at all. The spool's own lock nests inside ``_lock``; no other lock does. The
-network thread waits in ``epoll`` and connects without the lock. ``emit`` wakes it (an
-eventfd) only when the socket would block or the link broke; a second eventfd asks it to stop
-and also ends a connect in progress. Flags and counters read without the lock (``_connected``,
+Threads and locking. The network thread (``procmon-mqtt``) connects, reconnects and keeps the
+link alive; it also reads and refills whenever emits stop coming (EMIT_READS_S) or rows wait
+for room in the window. ``_lock`` guards all publisher state (cursor, in-flight maps, packet
+ids, acked rows, status and stats queue) and the established link's socket: whoever holds it
+runs ``_pump_locked`` (read, keep alive, fill, send), and socket calls under it never block
+(the socket is non-blocking). The network thread takes it after each ``epoll`` wake-up;
+``emit``, ``publish_stats``, ``flush`` and ``close`` (the agent's main thread) take it to
+append and pump, so a steady stream costs no thread wake-up at all. The spool's own lock nests
+inside ``_lock``; no other lock does. The network thread waits in ``epoll`` and connects
+without the lock. ``emit`` wakes it (an eventfd) only when the socket would block, rows wait
+for room in the window or the link broke; a second eventfd asks it to stop and also ends a
+connect in progress. Flags and counters read without the lock (``_connected``,
 ``published``, ...) are single assignments, atomic under the GIL.
 """
 
@@ -105,8 +106,8 @@ GOODBYE_TIMEOUT_S = 1.0
 FIRST_RETRY_S = 1.0
 # Longest close() waits for the network thread (a connect or the goodbye in progress).
 JOIN_TIMEOUT_S = 15.0
-# While emits come at least this often they read the PUBACKs; the network thread only
-# watches the socket once they stop, so a steady stream never wakes it.
+# While emits come at least this often and the window has room, they read the PUBACKs; the
+# network thread only watches the socket once they stop, so a steady stream never wakes it.
 EMIT_READS_S = 0.1
 
 _to_json = ExitEvent.__pydantic_serializer__.to_json
@@ -367,7 +368,11 @@ class MqttSink:
                 with self._lock:
                     if link.broken is not None:
                         return link.broken
-                    emits_read = now - self._last_emit < EMIT_READS_S and not self._closing
+                    # Rows waiting for room in the window: each PUBACK should refill it.
+                    waiting = self._cursor < self._spool.last_id
+                    emits_read = (
+                        now - self._last_emit < EMIT_READS_S and not waiting and not self._closing
+                    )
                     wanted = 0 if emits_read else select.EPOLLIN
                     if link.out and not link.write_needs_read:
                         wanted |= select.EPOLLOUT
@@ -500,8 +505,10 @@ class MqttSink:
         except (OSError, ProtocolError) as exc:
             link.broken = describe_io_error(exc)
         finally:
-            if link.out or link.broken is not None:
-                self._wake()  # the network thread waits for room in the socket, or ends it
+            if link.out or link.broken is not None or self._cursor < self._spool.last_id:
+                # The network thread waits for room in the socket or in the window, or ends
+                # the link.
+                self._wake()
 
     def _next_packet_id(self) -> int:
         packet_id = self._last_packet_id
