@@ -589,15 +589,18 @@ class MqttSink:
         return rows
 
     def _keep_fresh_locked(self, ids: range, payloads: list[bytes]) -> None:
+        """Keep the rows just stored (``ids``, the last of ``payloads``) for publishing."""
+        if not ids:
+            return  # nothing stored; rows that vanished show in the spool's generation
         fresh = self._fresh
         generation = self._spool.generation
         if fresh and (fresh[-1][0] + 1 != ids.start or self._fresh_generation != generation):
             fresh.clear()
         # Only while connected, and at most a window's worth: otherwise the spool serves.
-        if ids and self._connected and len(fresh) + len(ids) <= self._max_window:
+        if self._connected and len(fresh) + len(ids) <= self._max_window:
             fresh += zip(ids, payloads[len(payloads) - len(ids) :], strict=True)
             self._fresh_generation = generation
-        elif len(fresh) + len(ids) > self._max_window:
+        else:
             fresh.clear()
 
     def _delete_acked_locked(self) -> None:
