@@ -188,10 +188,12 @@ class Bench:
                 self.port = s.getsockname()[1]
             conf = self.workdir / "mosquitto.conf"
             # As the ansible broker role, but anonymous on loopback and with a deep per-client
-            # queue: the harness measures the agent, not the broker's drop policy.
+            # queue: the harness measures the agent, not the broker's drop policy. No in-flight
+            # cap either (mosquitto's default gives MQTT 5 clients a Receive Maximum of 20).
             conf.write_text(
                 f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                "max_queued_messages 1000000\nlog_dest stderr\nlog_type error\n"
+                "max_queued_messages 1000000\nmax_inflight_messages 0\n"
+                "log_dest stderr\nlog_type error\n"
                 "log_type warning\n"
             )
             self.broker = Proc(["mosquitto", "-c", str(conf)], None, self.workdir / "mosquitto.err")
