@@ -168,3 +168,36 @@ def test_unwritable_location_is_one_clear_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(SpoolError, match=r"spool .*cannot create"):
         Spool(blocker / "spool.db", max_events=100)
+
+
+# --- the calls the MQTT sink relies on -------------------------------------------------------
+
+
+def test_append_ids_are_the_rows_read_back_and_last_id_follows(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_events=100)
+    assert spool.last_id == 0
+    ids, dropped = spool.append_ids([b"a", b"b", b"c"])
+    assert dropped == 0 and list(ids) == [row for row, _ in spool.read_after(0, 10)]
+    assert spool.last_id == ids[-1]
+    generation = spool.generation
+    ids, dropped = spool.append_ids([b"%d" % i for i in range(150)])  # more than the room
+    assert dropped == 53 and len(ids) == 100  # the 3 older rows and the batch's oldest 50 went
+    assert spool.generation > generation  # rows vanished without an ack
+    assert [(row, p) for row, p in spool.read_after(0, 200)] == list(
+        zip(ids, [b"%d" % i for i in range(50, 150)], strict=True)
+    )
+    last = spool.last_id
+    spool.close()
+    again = Spool(tmp_path / "spool.db", max_events=100)
+    assert again.last_id == last
+    again.close()
+
+
+def test_ack_deletes_runs_of_ids_exactly(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_events=1000)
+    ids, _ = spool.append_ids([b"x"] * 20)
+    gone = [ids[i] for i in (0, 1, 2, 5, 7, 8, 19)]
+    assert spool.ack([*gone, gone[0]]) == 7  # a duplicate is not counted twice
+    left = {row for row, _ in spool.read_after(0, 100)}
+    assert left == set(ids) - set(gone) and spool.depth == 13
+    spool.close()
