@@ -97,19 +97,24 @@ class PahoEncoder:
         return self.packets[-1]
 
 
-def split(packet: bytes) -> tuple[int, bytes]:
-    """(first byte, body) of one encoded packet."""
+def split_first(data: bytes) -> tuple[int, bytes, bytes]:
+    """(first byte, body, what follows) of the first packet in data."""
     length, shift, pos = 0, 0, 1
     while True:
-        byte = packet[pos]
+        byte = data[pos]
         pos += 1
         length |= (byte & 0x7F) << shift
         if not byte & 0x80:
             break
         shift += 7
-    body = packet[pos:]
-    assert len(body) == length, "remaining length does not match the body"
-    return packet[0], body
+    return data[0], data[pos : pos + length], data[pos + length :]
+
+
+def split(packet: bytes) -> tuple[int, bytes]:
+    """(first byte, body) of one encoded packet."""
+    first, body, rest = split_first(packet)
+    assert rest == b"", "remaining length does not match the body"
+    return first, body
 
 
 # --- encoding -----------------------------------------------------------------------------------
@@ -185,16 +190,7 @@ def test_publish_encoder_batches_into_one_buffer() -> None:
     decoded = []
     rest = bytes(out)
     while rest:
-        first, body_and_more = rest[0], rest
-        length, shift, pos = 0, 0, 1
-        while True:
-            byte = body_and_more[pos]
-            pos += 1
-            length |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                break
-            shift += 7
-        body, rest = rest[pos : pos + length], rest[pos + length :]
+        first, body, rest = split_first(rest)
         packet = _packet.decode_publish(first, body, MQTTProtocolVersion.MQTTv5)
         decoded.append((packet.mid, packet.payload))
     assert decoded == messages
