@@ -176,8 +176,6 @@ class Agent:
         next_ping = now
         while not flags.stop:
             self.pipeline.step()
-            if self.mqtt:
-                self.mqtt.service()
             now = time.monotonic()
             if self.mqtt and now >= next_stats:
                 self.mqtt.publish_stats(self.counters())

@@ -626,9 +626,6 @@ class MqttSink:
                 self._last_emit = now = time.monotonic()
                 self._pump_locked(self._link, now)
 
-    def service(self) -> None:
-        """Called from the agent loop. The network thread keeps its own timers: nothing to do."""
-
     def counters(self) -> dict[str, int]:
         """This sink's part of the stats (exact: spool depth counts undeleted acks out)."""
         with self._lock:
