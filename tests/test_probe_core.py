@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import exit_cases
+from conftest import require
 from probe_collector import Collector, collect  # noqa: F401 - collect is a fixture
 
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("bpf_ready")]
@@ -117,8 +118,8 @@ def test_pidns_fields_inside_namespace(collect: Callable[..., Collector]) -> Non
 def test_cgroup_id_is_cgroup_directory_inode(collect: Callable[..., Collector]) -> None:
     roots = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
     cgroot = next((p for p in roots if (p / "cgroup.subtree_control").exists()), None)
-    if cgroot is None:
-        pytest.skip("no cgroup v2 hierarchy mounted")
+    require(cgroot is not None, "no cgroup v2 hierarchy mounted")
+    assert cgroot is not None
     group = cgroot / f"procmon-test-{secrets.token_hex(3)}"
     group.mkdir()
     try:
