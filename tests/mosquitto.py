@@ -180,6 +180,11 @@ class Mosquitto:
         """SIGKILL: no clean shutdown, nothing saved since the last autosave."""
         self._signal(signal.SIGKILL)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the broker reads, acknowledges and saves nothing until killed or thawed."""
+        assert self.proc is not None and self.proc.poll() is None, "not running"
+        self.proc.send_signal(signal.SIGSTOP)
+
     def stop(self) -> None:
         """SIGTERM: mosquitto saves its persistence file and exits."""
         self._signal(signal.SIGTERM)
@@ -187,6 +192,8 @@ class Mosquitto:
     def _signal(self, signum: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signum)
+            if signum != signal.SIGKILL:  # a frozen broker must run to act on the signal
+                self.proc.send_signal(signal.SIGCONT)
             self.proc.wait(timeout=30)
 
     def log_text(self) -> str:

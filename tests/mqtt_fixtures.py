@@ -47,6 +47,22 @@ def wait_until(
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def wait_until_steady(
+    value: Callable[[], int], quiet: float = 2.0, timeout: float = SLOW, what: str = "value"
+) -> int:
+    """Wait until value() has not changed for ``quiet`` seconds; return it."""
+    deadline = time.monotonic() + timeout
+    last, since = value(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = value()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return last
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} to settle")
+
+
 def unique_host() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
 
