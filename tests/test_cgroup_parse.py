@@ -86,6 +86,9 @@ def test_unit_walk_stops_at_the_first_non_slice() -> None:
         ),
         # the monitors are not the container
         (f"/machine.slice/libpod-conmon-{CID}.scope", ctx(f"libpod-conmon-{CID}.scope")),
+        # cgroupfs managers: podman's default parent, cri-o's default parent
+        (f"/libpod_parent/libpod-{CID}", ctx(None, CID, "podman")),
+        (f"/crio/crio-{CID}", ctx(None, CID, "cri-o")),
     ],
 )
 def test_containers(path: str, expected: CgroupContext) -> None:
@@ -138,6 +141,9 @@ def test_containers(path: str, expected: CgroupContext) -> None:
         (f"/kubepods/pod{POD}/{CID}", ctx(None, CID, None, POD)),
         (f"/kubepods/burstable/pod{POD}", ctx(None, None, None, POD)),
         (f"/kubelet/kubepods/burstable/pod{POD}/{CID}", ctx(None, CID, None, POD)),
+        # cri-o with its cgroupfs manager names the leaf crio-<id>; its conmon is no container
+        (f"/kubepods/burstable/pod{POD}/crio-{CID}", ctx(None, CID, "cri-o", POD)),
+        (f"/kubepods/pod{POD}/crio-conmon-{CID}", ctx(None, None, None, POD)),
     ],
 )
 def test_kubernetes(path: str, expected: CgroupContext) -> None:

@@ -33,6 +33,9 @@ _CONTAINER_ID = re.compile(_HEX64)
 _RUNTIME_SCOPE = re.compile(
     rf"(?P<prefix>docker|cri-containerd|nerdctl|crio|libpod)-(?P<id>{_HEX64})\.scope"
 )
+# The same two runtimes under the cgroupfs driver: a plain directory, "<parent>/crio-<id>"
+# (under kubelet's pod directory, or /crio) and "<parent>/libpod-<id>".
+_RUNTIME_DIR = re.compile(rf"(?P<prefix>crio|libpod)-(?P<id>{_HEX64})")
 _RUNTIME_BY_PREFIX = {
     "docker": "docker",
     "cri-containerd": "containerd",
@@ -111,7 +114,7 @@ def parse_cgroup_path(path: str) -> CgroupContext:
     for i, part in enumerate(parts):
         if len(part) > _NAME_MAX:
             continue
-        if m := _RUNTIME_SCOPE.fullmatch(part):
+        if m := _RUNTIME_SCOPE.fullmatch(part) or _RUNTIME_DIR.fullmatch(part):
             container_id, runtime = m["id"], _RUNTIME_BY_PREFIX[m["prefix"]]
         elif m := _POD_SLICE.fullmatch(part):
             pod_uid = m["uid"].replace("_", "-")
