@@ -10,11 +10,13 @@ system Python: the agent's venv needs --system-site-packages.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -133,6 +135,37 @@ def compile_module(source: Path, flags: list[str]) -> Any:
         raise _explain(exc, f"compiling {source} with bcc") from exc
 
 
+def compile_probe(
+    source: Path,
+    knobs: ProbeKnobs,
+    group_dead: bool,
+    compile_fn: Callable[[Path, list[str]], Any] = compile_module,
+) -> tuple[Any, bool]:
+    """Compile the probe; returns the module and whether the context programs are in it.
+
+    The context programs read more kernel structures than the exit program, so a kernel whose
+    headers break them still gets exits: one warning, then a build without them (CO-RE's
+    loader does the same). A failure without them is the real error.
+    """
+    flags = cflags(knobs, source.parent, group_dead)
+    if not knobs.capture_exec:
+        return compile_fn(source, flags), False
+    try:
+        return compile_fn(source, flags), True
+    except OSError:
+        raise  # no headers, or not permitted: a build without context fails the same way
+    except Exception as exc:
+        without = dataclasses.replace(knobs, capture_exec=False, capture_args=False)
+        module = compile_fn(source, cflags(without, source.parent, group_dead))
+        first = str(exc).strip().splitlines()
+        log.warning(
+            "exec and cgroup context unavailable (the context programs did not compile: %s): "
+            "events carry no exe, args or cgroup path",
+            first[0] if first else type(exc).__name__,
+        )
+        return module, False
+
+
 class BccProbe:
     """Compile, guard, load and attach the bcc probe; poll() returns decoded records."""
 
@@ -147,14 +180,14 @@ class BccProbe:
         self._context_attached: list[str] = []  # raw tracepoints of the context programs
         self.has_context = False
         group_dead = tracepoint_has_group_dead()
-        self._bpf = compile_module(self._source, cflags(knobs, self._source.parent, group_dead))
+        self._bpf, context_compiled = compile_probe(self._source, knobs, group_dead)
         try:
             self.compile_seconds = time.monotonic() - started
             # Refuse before attaching: wrong offsets would yield plausible garbage.
             self.guard_summary = bcc_guard.guard(self._bpf.dump_func)
             log.info("bcc guard: %s", self.guard_summary)
             self._attach()
-            if knobs.capture_exec:
+            if context_compiled:
                 self._attach_context()
             self._bpf["events"].open_ring_buffer(self._records.on_sample)
             self._counters = self._bpf["counters"]
