@@ -11,7 +11,7 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	systemd-container debootstrap openssh-client openssl shellcheck \
 	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64 nftables iproute2
 
-.PHONY: setup apt venv bpf tracefs demo test lint schema clean fleet-test vm-test bench bench-quick bench-context soak
+.PHONY: setup apt venv bpf tracefs demo test lint schema clean fleet-test vm-test bench bench-quick bench-context bench-storm soak
 
 setup: apt venv bpf tracefs
 	$(PY) -m pip install -q -e '.[dev]'
@@ -78,6 +78,10 @@ bench-context: setup build/.bench-apt-done
 	$(PY) bench/run.py --configs none,probe,probe-bare,full,full-bare --no-long \
 		--results bench/context.md --plot bench/context.png --out bench/out/context
 	$(PY) bench/join_cost.py
+# where a storm's cost goes: the same configurations with the monitor frozen during storms.
+bench-storm: setup build/.bench-apt-done
+	$(PY) bench/run.py --configs none,full,full-frozen,probe,probe-frozen,exitsnoop --no-long \
+		--reps 3 --results bench/storm_cost.md --plot bench/storm_cost.png --out bench/out/storm
 build/.bench-apt-done: build/.apt-done
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_APT)
 	@touch $@

@@ -155,6 +155,8 @@ class Monitor:
     key = "none"
     label = "no monitor"
     counted = False
+    # SIGSTOP the monitor while a storm runs (bench/run.py's *-frozen configurations).
+    frozen_in_storms = False
 
     def start(self, workdir: Path) -> None:
         pass

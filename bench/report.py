@@ -13,6 +13,8 @@ LABELS = {
     "probe": "procmon probe only (`tail --json`)",
     "full-bare": "procmon full pipeline, no context (`enrich.enabled = false`)",
     "probe-bare": "procmon probe only, no context (`tail --json --no-context`)",
+    "full-frozen": "procmon full pipeline, agent frozen during storms",
+    "probe-frozen": "procmon probe only, frozen during storms",
     "exitsnoop": "libbpf-tools `exitsnoop`",
     "bpftrace": "`bpftrace` printf per exit",
     "forkstat": "`forkstat -e exit -S`",
@@ -23,6 +25,8 @@ SHORT = {
     "probe": "procmon\nprobe",
     "full-bare": "procmon full\nno context",
     "probe-bare": "procmon probe\nno context",
+    "full-frozen": "procmon full\nfrozen",
+    "probe-frozen": "procmon probe\nfrozen",
     "exitsnoop": "exitsnoop",
     "bpftrace": "bpftrace",
     "forkstat": "forkstat",
@@ -180,7 +184,7 @@ def render_markdown(data: dict[str, Any], plot_name: str = "results.png") -> str
         )
         cpu1, cpu5 = f.cpu_pct(c, "s1k"), f.cpu_pct(c, "s5k")
         cpu1_s, cpu5_s = _fmt(cpu1, ".1f", " %"), _fmt(cpu5, ".1f", " %")
-        if c in ("full", "full-bare"):
+        if c.startswith("full"):
             h1, h5 = f.helper_cpu_pct(c, "s1k"), f.helper_cpu_pct(c, "s5k")
             cpu1_s += f" (+{_fmt(h1, '.1f')} broker+sub)"
             cpu5_s += f" (+{_fmt(h5, '.1f')} broker+sub)"
@@ -301,8 +305,17 @@ def render_markdown(data: dict[str, Any], plot_name: str = "results.png") -> str
         "attach is what `procmon check --backend core` reports.",
         "- forkstat reads names from /proc; exits of processes already reaped show as "
         "`<unknown>`, so its completeness is a lower bound.",
-        "",
     ]
+    if any(c.endswith("-frozen") for c in f.configs):
+        out.append(
+            "- *Frozen* configurations: the monitor's process (for the full pipeline, the "
+            "agent) is stopped with SIGSTOP before each storm and continued after it. The probe "
+            "keeps running in the kernel and queues records in the ring buffer; every bit of "
+            "userspace work waits for the storm's end. Their storm ratio is the probe's "
+            "in-kernel cost alone; their completeness shows whether the ring held the storm. "
+            "Steady loads run unfrozen."
+        )
+    out.append("")
     return "\n".join(out)
 
 

@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -212,7 +213,8 @@ class Bench:
     def monitor(self, key: str) -> Monitor:
         if key == "none":
             return Monitor()
-        if key in ("full", "full-bare"):
+        frozen = key.endswith("-frozen")
+        if key in ("full", "full-bare", "full-frozen"):
             # full-bare: the same without exec/cgroup context (enrichment off)
             bare = {"enrich": {"enabled": "false"}} if key == "full-bare" else {}
             m = PipelineMonitor(
@@ -220,18 +222,25 @@ class Bench:
                 self.port,
                 options={**self.agent_options, **bare},
                 key=key,
-                label="procmon full pipeline" + (", no context" if bare else ""),
+                label="procmon full pipeline"
+                + (", no context" if bare else "")
+                + (", agent frozen in storms" if frozen else ""),
             )
             m.broker_pid = self.broker.pid if self.broker else None
+            m.frozen_in_storms = frozen
             return m
-        if key in ("probe", "probe-bare"):
+        if key in ("probe", "probe-bare", "probe-frozen"):
             extra = ["--no-context"] if key == "probe-bare" else []
-            return CommandMonitor(
+            c = CommandMonitor(
                 key,
-                "procmon probe only (tail --json" + (" --no-context)" if extra else ")"),
+                "procmon probe only (tail --json"
+                + (" --no-context" if extra else "")
+                + (", frozen in storms)" if frozen else ")"),
                 [self.procmon, "tail", "--json", *extra],
                 b'"comm":"%s"',
             )
+            c.frozen_in_storms = frozen
+            return c
         if key == "exitsnoop":
             # Line-buffered, as on a terminal; fully buffered output would hide attach.
             return CommandMonitor(
@@ -314,7 +323,14 @@ class Bench:
         cpu0 = cpu_seconds(pid)
         other0 = {k: cpu_seconds(v) for k, v in others.items()}
         timeout = 120 + load.n / (load.rate or 500)
-        done = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=timeout)
+        frozen = pid if mon.frozen_in_storms and not load.rate else None
+        if frozen is not None:
+            os.kill(frozen, signal.SIGSTOP)
+        try:
+            done = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=timeout)
+        finally:
+            if frozen is not None:
+                os.kill(frozen, signal.SIGCONT)
         exits, seconds = done.stdout.split()
         delivered = None
         if mon.counted:
@@ -515,10 +531,14 @@ def machine_info() -> dict[str, Any]:
 ALL_CONFIGS = ["none", "full", "probe", "exitsnoop", "bpftrace", "forkstat"]
 # Enrichment's cost: the same procmon configurations without exec/cgroup context
 # (`make bench-context` runs them beside the ones with context).
-EXTRA_CONFIGS = ["full-bare", "probe-bare"]
+# Where a storm's cost goes (`make bench-storm`): the same procmon configurations with the
+# monitor process frozen (SIGSTOP) while a storm runs and thawed after it, so the probe keeps
+# queueing records in the ring and all userspace work waits for the storm's end.
+EXTRA_CONFIGS = ["full-bare", "probe-bare", "full-frozen", "probe-frozen"]
 TOOLS = {
     "full": ["mosquitto", "mosquitto_sub", "mosquitto_pub"],
     "full-bare": ["mosquitto", "mosquitto_sub", "mosquitto_pub"],
+    "full-frozen": ["mosquitto", "mosquitto_sub", "mosquitto_pub"],
     "exitsnoop": ["exitsnoop", "stdbuf"],
     "bpftrace": ["bpftrace"],
     "forkstat": ["forkstat"],
