@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from procmon.event import EventBuilder, ExitEvent
-from procmon.probe import Probe, RawExit
+from procmon.probe import Probe, RawExit, RawRecord
+from procmon.probe.record import EXIT_RECORD_SIZE, MAX_BATCH
 from procmon.sinks import Sink
 
 log = logging.getLogger("procmon.pipeline")
@@ -18,12 +20,33 @@ _RESYNC_EVERY_POLLS = 600
 CHUNK = 512
 
 
+# How often a deferred drain looks at the ring's fill; each look is two loads from memory.
+_BURST_CHECK_S = 0.02
+# An exit record as the ring stores it: the record and its 8-byte header.
+_EXIT_RING_BYTES = EXIT_RECORD_SIZE + 8
+
+
+@dataclass(frozen=True)
+class BurstPolicy:
+    """When to leave records queued in the ring during a burst of exits (probe.burst_*)."""
+
+    rate: int  # records a second that make a burst; 0: never defer
+    max_s: float  # the longest a drain is put off
+    fill: float  # drain anyway once the ring is this full (0..1)
+
+
 @dataclass
 class PipelineCounters:
     events_seen: int = 0
+    bursts_deferred: int = 0
+    burst_deferred_s: float = 0.0
 
-    def as_dict(self) -> dict[str, int]:
-        return {"events_seen": self.events_seen}
+    def as_dict(self) -> dict[str, int | float]:
+        return {
+            "events_seen": self.events_seen,
+            "bursts_deferred": self.bursts_deferred,
+            "burst_deferred_s": round(self.burst_deferred_s, 3),
+        }
 
 
 class Pipeline:
@@ -34,24 +57,76 @@ class Pipeline:
         sinks: Sequence[Sink],
         poll_interval_ms: int = 100,
         max_events: int | None = None,
+        burst: BurstPolicy | None = None,
+        counters: PipelineCounters | None = None,
     ) -> None:
         self.probe = probe
         self.builder = builder
         self.sinks = list(sinks)
         self.poll_interval_ms = poll_interval_ms
         self.max_events = max_events
-        self.counters = PipelineCounters()
+        # Passed in to carry on across a pipeline rebuilt on reload.
+        self.counters = counters if counters is not None else PipelineCounters()
         self.final_kernel_drops = 0
         self._polls = 0
+        ring = getattr(probe, "ring_fill", None)
+        self.burst = burst if burst is not None and burst.rate > 0 and ring is not None else None
+        self._last_poll = time.monotonic()
 
     def step(self, timeout_ms: int | None = None) -> int:
-        """One poll: returns how many events were delivered to the sinks."""
+        """One wakeup: drain the ring in batches of at most MAX_BATCH records, then hold off
+        if that was a burst; returns how many events were delivered to the sinks."""
         raws = self.probe.poll(self.poll_interval_ms if timeout_ms is None else timeout_ms)
+        polled = time.monotonic()
+        window, self._last_poll = polled - self._last_poll, polled  # what raws arrived within
         self._polls += 1
         if self._polls % _RESYNC_EVERY_POLLS == 0:
             self.builder.resync_clock()
         if not raws:
             return 0
+        delivered = taken = 0
+        while True:  # full batches until the ring is drained: memory stays at one batch
+            delivered += self._process(raws)
+            taken += len(raws)
+            if len(raws) < MAX_BATCH or self.done():
+                break
+            raws = self.probe.poll(0)
+        burst = self.burst
+        # Not on a final drain (timeout 0); the ring is empty now, so a deferral starts with
+        # all of it free.
+        if burst and timeout_ms is None and taken >= burst.rate * max(window, _BURST_CHECK_S):
+            self._defer_while_bursting(burst)
+        return delivered
+
+    def _defer_while_bursting(self, burst: BurstPolicy) -> None:
+        """Sleep while the ring fills at a burst's rate: the workload keeps the CPU, and the
+        records are drained in one go once the burst ends (or the ring is ``burst.fill`` full,
+        or ``burst.max_s`` passed). Records wait in the kernel, so nothing is lost unless the
+        ring overflows, which the fill bound keeps away from and the probe counts."""
+        ring = self.probe.ring_fill
+        assert ring is not None
+        start = last_t = time.monotonic()
+        limit = ring.capacity * burst.fill
+        burst_bytes_per_s = burst.rate * _EXIT_RING_BYTES
+        last = ring.queued()
+        while True:
+            time.sleep(_BURST_CHECK_S)
+            now = time.monotonic()
+            queued = ring.queued()
+            rate = (queued - last) / (now - last_t)
+            last, last_t = queued, now
+            # Drain before the next two looks could take the ring past the limit: a faster
+            # burst (a bigger machine) is drained earlier, and one waking late still has room.
+            if (
+                queued + 2 * _BURST_CHECK_S * rate >= limit
+                or now - start >= burst.max_s
+                or rate < burst_bytes_per_s
+            ):
+                break
+        self.counters.bursts_deferred += 1
+        self.counters.burst_deferred_s += now - start
+
+    def _process(self, raws: Sequence[RawRecord]) -> int:
         build = self.builder.build
         context = self.builder.context
         events: list[ExitEvent] = []

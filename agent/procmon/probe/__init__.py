@@ -12,6 +12,7 @@ from typing import Protocol
 
 from procmon.probe.knobs import ProbeKnobs
 from procmon.probe.record import RawCgroup, RawExec, RawExit, RawRecord
+from procmon.probe.ring_fill import RingFill
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 
@@ -32,6 +33,7 @@ class Probe(Protocol):
     backend: str
     attach_seconds: float
     has_context: bool  # exec and cgroup records flow besides exits
+    ring_fill: RingFill | None  # the ring's backlog, where the backend can read it
 
     def poll(self, timeout_ms: int) -> list[RawRecord]: ...
     def kernel_drops(self) -> int: ...

@@ -30,6 +30,7 @@ from procmon.probe.record import (
     RawRecord,
     RecordBuffer,
 )
+from procmon.probe.ring_fill import RingFill
 
 log = logging.getLogger("procmon.probe")
 
@@ -179,6 +180,7 @@ class BccProbe:
         self._attached = ""  # "raw" or "tracepoint" once attached
         self._context_attached: list[str] = []  # raw tracepoints of the context programs
         self.has_context = False
+        self.ring_fill: RingFill | None = None
         group_dead = tracepoint_has_group_dead()
         self._bpf, context_compiled = compile_probe(self._source, knobs, group_dead)
         try:
@@ -191,6 +193,7 @@ class BccProbe:
                 self._attach_context()
             self._bpf["events"].open_ring_buffer(self._records.on_sample)
             self._counters = self._bpf["counters"]
+            self._open_ring_fill()
         except BaseException:
             self.close()
             raise
@@ -244,10 +247,12 @@ class BccProbe:
         self._context_attached = []
 
     def poll(self, timeout_ms: int) -> list[RawRecord]:
-        """Wait up to timeout_ms for a wakeup, then drain everything queued."""
+        """Wait up to timeout_ms for a wakeup, then drain what is queued, at most MAX_BATCH
+        records (a full batch: poll again)."""
         self._bpf.ring_buffer_poll(timeout_ms)
         # Batched wakeups leave records queued without an epoll event: drain them too.
-        self._bpf.ring_buffer_consume()
+        if not self._records.full:
+            self._bpf.ring_buffer_consume()
         return self._records.take()
 
     def _counter(self, slot: int) -> int:
@@ -276,7 +281,18 @@ class BccProbe:
             self._bpf.detach_tracepoint(tp=TRACEPOINT[0].encode())
         self._attached = ""
 
+    def _open_ring_fill(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        capacity = max(1, self._knobs.ring_size_bytes // page) * page  # PROCMON_RING_PAGES
+        try:
+            self.ring_fill = RingFill(int(self._bpf["events"].map_fd), capacity)
+        except (OSError, AttributeError) as exc:  # only burst deferral needs it
+            log.info("ring fill not readable (%s): bursts are drained as they come", exc)
+
     def close(self) -> None:
+        if self.ring_fill is not None:
+            self.ring_fill.close()
+            self.ring_fill = None
         if self._bpf is not None:
             self.detach()
             self._bpf.cleanup()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import logging
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 from procmon.probe import BTF_PATH, libbpf
 from procmon.probe.knobs import ProbeKnobs
 from procmon.probe.record import (
+    BATCH_FULL,
     COUNTER_CONTEXT_DROPPED,
     COUNTER_DROPPED,
     COUNTER_EMITTED,
@@ -21,6 +23,7 @@ from procmon.probe.record import (
     RawRecord,
     RecordBuffer,
 )
+from procmon.probe.ring_fill import RingFill
 
 log = logging.getLogger("procmon.probe")
 
@@ -60,6 +63,7 @@ class CoreProbe:
         self._links: list[int] = []
         self._owned_fds: list[int] = []  # fds of adopted pins (a loaded object owns its own)
         self._ring = 0
+        self.ring_fill: RingFill | None = None
         self._records = RecordBuffer()
         self._started = time.monotonic()
         self._pins = pin_dir / _pin_tag(self._path, knobs) if pin_dir else None
@@ -198,6 +202,10 @@ class CoreProbe:
         )
         self._ncpus = libbpf.check_rc(self._bpf.libbpf_num_possible_cpus(), "counting CPUs")
         self._counter_buf = (ctypes.c_uint64 * self._ncpus)()
+        try:
+            self.ring_fill = RingFill(self._ring_fd, self._knobs.ring_size_bytes)
+        except OSError as exc:  # only burst deferral needs it
+            log.info("ring fill not readable (%s): bursts are drained as they come", exc)
 
     def _map(self, name: bytes) -> int:
         return libbpf.check_ptr(
@@ -228,12 +236,15 @@ class CoreProbe:
     # --- running ------------------------------------------------------------------------
 
     def poll(self, timeout_ms: int) -> list[RawRecord]:
-        """Wait up to timeout_ms for a wakeup, then drain everything queued."""
+        """Wait up to timeout_ms for a wakeup, then drain what is queued, at most MAX_BATCH
+        records (a full batch: poll again)."""
         rc = self._bpf.ring_buffer__poll(self._ring, timeout_ms)
-        if rc < 0 and rc != -4:  # -EINTR: a signal arrived; the caller checks its flags
+        # -EINTR: a signal arrived, the caller checks its flags; BATCH_FULL: records remain.
+        if rc < 0 and rc not in (-errno.EINTR, BATCH_FULL):
             libbpf.check_rc(rc, "ring_buffer__poll")
         # Batched wakeups leave records queued without an epoll event: drain them too.
-        self._bpf.ring_buffer__consume(self._ring)
+        if not self._records.full:
+            self._bpf.ring_buffer__consume(self._ring)
         return self._records.take()
 
     def fileno(self) -> int:
@@ -262,6 +273,9 @@ class CoreProbe:
 
     def _close_object(self) -> None:
         self.detach()
+        if self.ring_fill is not None:
+            self.ring_fill.close()
+            self.ring_fill = None
         if self._ring:
             self._bpf.ring_buffer__free(self._ring)
             self._ring = 0

@@ -7,6 +7,7 @@ removals), in the order they happened. Every record starts with its kind.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import struct
 from typing import NamedTuple
@@ -85,6 +86,15 @@ CGROUP_PATH_LEN = 512
 _KIND = struct.Struct("<I")
 
 
+# A poll hands over at most this many records (a decoded record takes ~600 B of Python
+# memory: a full 4 MiB ring would be ~15 MB at once); a full batch means more may be queued.
+MAX_BATCH = 4096
+# What on_sample returns to stop libbpf's consume loop once a batch is full. libbpf has
+# already advanced past that record (it is kept), stops and returns this code; the rest
+# stays queued in the ring for the next poll.
+BATCH_FULL = -errno.EAGAIN
+
+
 class RecordBuffer:
     """Collects records from a ring-buffer callback until the poll loop takes them.
 
@@ -92,15 +102,20 @@ class RecordBuffer:
     exception there would be swallowed and could hang the poll loop.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_batch: int = MAX_BATCH) -> None:
         self._records: list[RawRecord] = []
+        self.max_batch = max_batch
 
     def on_sample(self, _ctx: object, data: int, size: int) -> int:
         try:
             self._records.append(decode(ctypes.string_at(data, size)))
         except Exception:
             log.exception("undecodable ring-buffer record of %d bytes", size)
-        return 0
+        return BATCH_FULL if len(self._records) >= self.max_batch else 0
+
+    @property
+    def full(self) -> bool:
+        return len(self._records) >= self.max_batch
 
     def take(self) -> list[RawRecord]:
         out, self._records = self._records, []

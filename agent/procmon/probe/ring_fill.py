@@ -1,0 +1,36 @@
+"""How full a BPF ring buffer is, read from its position pages without consuming anything.
+
+A BPF ring buffer map exposes its consumer position on the first page and its producer
+position on the second (the kernel's layout, the one libbpf maps). Both are mapped read-only
+here: reading them is two loads, no syscall, so a consumer that leaves records queued on
+purpose can watch the backlog as often as it likes.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+
+_POSITION = struct.Struct("<Q")
+
+
+class RingFill:
+    def __init__(self, map_fd: int, capacity: int) -> None:
+        page = mmap.PAGESIZE
+        self.capacity = capacity
+        self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=0)
+        try:
+            self._producer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        except OSError:
+            self._consumer.close()
+            raise
+
+    def queued(self) -> int:
+        """Bytes written by the probe and not yet consumed (record headers included)."""
+        producer: int = _POSITION.unpack_from(self._producer)[0]
+        consumer: int = _POSITION.unpack_from(self._consumer)[0]
+        return max(0, producer - consumer)
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._producer.close()
