@@ -20,7 +20,7 @@ from procmon.broker_url import BrokerConfigError, BrokerOptions
 from procmon.config import AgentConfig, ConfigError, load_config
 from procmon.enrich.context import open_context
 from procmon.event import EventBuilder
-from procmon.pipeline import Pipeline
+from procmon.pipeline import BurstPolicy, Pipeline, PipelineCounters
 from procmon.probe import Probe, ProbeKnobs, open_probe
 from procmon.sinks import Sink
 from procmon.sinks.kmsg import KmsgSink
@@ -87,7 +87,7 @@ class Agent:
         self.cfg = cfg
         self.started_at = utc_now()
         self._started = time.monotonic()
-        self._seen_before = 0  # events seen by pipelines replaced on reload
+        self._pipeline_counters = PipelineCounters()  # kept across pipelines rebuilt on reload
         self._drops_before = 0  # kernel drops of probes replaced on reload
         # Cheap, likely-to-fail checks first: credentials and spool before attaching.
         options = _broker_options(cfg) if cfg.sinks.mqtt else None
@@ -141,17 +141,23 @@ class Agent:
             self.builder,
             sinks + self.local_sinks,
             poll_interval_ms=self.cfg.probe.poll_interval_ms,
+            burst=BurstPolicy(
+                rate=self.cfg.probe.burst_rate,
+                max_s=self.cfg.probe.burst_max_ms / 1000,
+                fill=self.cfg.probe.burst_fill_pct / 100,
+            ),
+            counters=self._pipeline_counters,
         )
 
     # --- counters ---------------------------------------------------------------------------
 
     @property
     def events_seen(self) -> int:
-        return self._seen_before + self.pipeline.counters.events_seen
+        return self._pipeline_counters.events_seen
 
     def counters(self) -> dict[str, int | float]:
         return {
-            "events_seen": self.events_seen,
+            **self._pipeline_counters.as_dict(),  # events_seen, bursts_deferred, ..._s
             "dropped_kernel": self._drops_before
             + (self.probe.kernel_drops() if self._probe_live else 0),
             # exec/cgroup records lost: those exits still arrive, with null context
@@ -270,7 +276,6 @@ class Agent:
             for sink in self.local_sinks:
                 sink.close()
             self.local_sinks = self._open_local_sinks(new)
-        self._seen_before += self.pipeline.counters.events_seen
         self.pipeline = self._new_pipeline()
 
 

@@ -60,6 +60,13 @@ class ProbeConfig(_Section):
     # keeps p99 exit-to-subscriber well inside 50 ms and the batches at 40/s when exits trickle.
     wakeup_latency_ms: int = Field(default=25, ge=0, le=5000)
     poll_interval_ms: int = Field(default=100, ge=1, le=5000)
+    # Bursts: above this many records a second the agent leaves records queued in the ring and
+    # lets the workload have the CPU, then drains once the burst ends, the ring is
+    # burst_fill_pct full, or burst_max_ms passed (latency during a burst, for the workload's
+    # throughput). 0 turns it off.
+    burst_rate: int = Field(default=10000, ge=0)
+    burst_max_ms: int = Field(default=2000, ge=0, le=10000)
+    burst_fill_pct: int = Field(default=90, ge=10, le=95)
     # bpffs directory (e.g. /sys/fs/bpf/procmon) where the CO-RE probe stays attached across
     # agent restarts, so exits during a restart wait in the ring. None: detach on exit.
     pin_dir: Path | None = None
