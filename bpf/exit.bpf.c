@@ -16,7 +16,7 @@ const volatile bool per_thread = false;   /* report every thread exit, not only 
 const volatile bool failed_only = false;  /* drop exits with status 0 and no signal */
 const volatile __u32 target_pidns = 0;    /* pid-namespace inode to scope to; 0 = all */
 const volatile __u64 wakeup_bytes = 32768;/* batch wakeups until this much is queued... */
-const volatile __u64 wakeup_ns = 25000000;/* ...or until the oldest unannounced record is this old */
+const volatile __u64 wakeup_ns = 40000000;/* ...or until the oldest unannounced record is this old */
 const volatile bool capture_args = true;  /* off: exec records carry the executable only */
 
 __u64 last_wakeup_ns; /* racy across CPUs on purpose: an extra wakeup is harmless */

@@ -22,7 +22,7 @@ class ProbeKnobs:
     self_tgid: int = 0
     self_pidns: int = 0
     wakeup_bytes: int = 32768
-    wakeup_ns: int = 25_000_000
+    wakeup_ns: int = 40_000_000
     ring_size_bytes: int = 4 << 20
     # Context for enrichment: exec and cgroup records (programs attached or not), and
     # whether exec records carry the args.
