@@ -88,7 +88,7 @@ _KIND = struct.Struct("<I")
 
 # A poll hands over at most this many records (a decoded record takes ~600 B of Python
 # memory: a full 4 MiB ring would be ~15 MB at once); a full batch means more may be queued.
-MAX_BATCH = 4096
+MAX_BATCH = 1024
 # What on_sample returns to stop libbpf's consume loop once a batch is full. libbpf has
 # already advanced past that record (it is kept), stops and returns this code; the rest
 # stays queued in the ring for the next poll.
