@@ -140,7 +140,7 @@ def compile_probe(
     source: Path,
     knobs: ProbeKnobs,
     group_dead: bool,
-    compile_fn: Callable[[Path, list[str]], Any] = compile_module,
+    compile_fn: Callable[[Path, list[str]], Any] | None = None,
 ) -> tuple[Any, bool]:
     """Compile the probe; returns the module and whether the context programs are in it.
 
@@ -148,6 +148,7 @@ def compile_probe(
     headers break them still gets exits: one warning, then a build without them (CO-RE's
     loader does the same). A failure without them is the real error.
     """
+    compile_fn = compile_fn or compile_module  # looked up now: tests replace compile_module
     flags = cflags(knobs, source.parent, group_dead)
     if not knobs.capture_exec:
         return compile_fn(source, flags), False
