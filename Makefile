@@ -63,6 +63,7 @@ lint:
 	$(VENV)/bin/ruff check agent tests bench
 	$(VENV)/bin/ruff format --check agent tests bench
 	$(VENV)/bin/mypy
+	MYPYPATH=tests $(VENV)/bin/mypy bench
 	cd ansible && ../$(VENV)/bin/ansible-lint --profile production
 	shellcheck tests/fleet/fleet.sh
 

@@ -74,14 +74,14 @@ class LoadedObject:
         libbpf.check_rc(bpf.bpf_object__load(self._obj), f"loading {path}")
         self.prog_ids: dict[str, int] = {}
         self._links = []
-        for name in programs:
-            prog = bpf.bpf_object__find_program_by_name(self._obj, name.encode())
-            self._links.append(libbpf.check_ptr(bpf.bpf_program__attach(prog), f"attach {name}"))
+        for program in programs:
+            prog = bpf.bpf_object__find_program_by_name(self._obj, program.encode())
+            self._links.append(libbpf.check_ptr(bpf.bpf_program__attach(prog), f"attach {program}"))
             info = (ctypes.c_uint8 * 256)()
             size = ctypes.c_uint32(256)
             fd = bpf.bpf_program__fd(prog)
             libbpf.check_rc(bpf.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)), "info")
-            self.prog_ids[name] = int.from_bytes(bytes(info[4:8]), "little")  # bpf_prog_info.id
+            self.prog_ids[program] = int.from_bytes(bytes(info[4:8]), "little")  # prog_info.id
         ring_fd = bpf.bpf_map__fd(bpf.bpf_object__find_map_by_name(self._obj, b"events"))
         self.records = 0
         self.ring_bytes = 0
@@ -211,8 +211,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(samples: list[Sample], args: argparse.Namespace) -> str:
     def med(design: str, load: str, attr: str) -> float:
-        return statistics.median(
-            getattr(s, attr) for s in samples if s.design == design and s.load == load
+        return float(
+            statistics.median(
+                getattr(s, attr) for s in samples if s.design == design and s.load == load
+            )
         )
 
     lines = [
