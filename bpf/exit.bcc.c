@@ -19,6 +19,8 @@
  *   PROCMON_TP_GROUP_DEAD                    defined when the tracepoint has group_dead
  *   PROCMON_CAPTURE_EXEC                     0 or 1: compile the exec and cgroup programs
  *   PROCMON_CAPTURE_ARGS                     0 or 1: exec records carry argv
+ *   PROCMON_CONTEXT_FILL_MAX                 context records only below this fill (bytes);
+ *                                            0 = no limit (see context_admitted)
  *   PROCMON_OFFSETS_ONLY                     defined by the guard: headers only, no probe
  */
 #include <linux/sched.h>
@@ -73,6 +75,9 @@
 #ifndef PROCMON_CAPTURE_ARGS
 #define PROCMON_CAPTURE_ARGS 0
 #endif
+#ifndef PROCMON_CONTEXT_FILL_MAX
+#define PROCMON_CONTEXT_FILL_MAX 0
+#endif
 
 /* Explicit reads: bcc's implicit rewriting of a->b->c is convenient but hides which
  * loads happen; one READ per field keeps the list the guard checks easy to audit. */
@@ -90,6 +95,13 @@ struct unwoken_t {
 	u64 last_ns;
 };
 BPF_PERCPU_ARRAY(unwoken, struct unwoken_t, 1);
+/* For the same reason the ring's fill is tracked here: slot 0 counts the bytes this probe has
+ * queued (as the ring counts them: header included, 8-byte aligned), slot 1 is the ring's
+ * consumer position as userspace writes it after each poll. Their difference can only
+ * overstate the fill, by what was consumed since the last poll. */
+#define RING_QUEUED 0
+#define RING_CONSUMED 1
+BPF_ARRAY(ring_pos, u64, 2);
 /* The scratch signal_struct for the is_child_subreaper bit (see PROCMON_SIG_WINDOW): raw
  * bytes of its size, so that bcc describes a plain array rather than the kernel struct. */
 struct sig_copy_t {
@@ -122,6 +134,32 @@ static __always_inline void count(u32 slot)
 
 	if (val)
 		*val += 1;
+}
+
+static __always_inline void note_queued(u64 bytes)
+{
+	u32 slot = RING_QUEUED;
+	u64 *queued = ring_pos.lookup(&slot);
+
+	if (queued)
+		__sync_fetch_and_add(queued, (bytes + 8 + 7) & ~7ULL);
+}
+
+/* Whether a context record of this many bytes may still enter the ring: past
+ * PROCMON_CONTEXT_FILL_MAX the rest of the ring is kept for exits, so that no flood of
+ * execs can cost an exit. Not admitted counts as a lost context record. */
+static __always_inline bool context_admitted(u64 bytes)
+{
+#if PROCMON_CONTEXT_FILL_MAX
+	u32 q = RING_QUEUED, c = RING_CONSUMED;
+	u64 *queued = ring_pos.lookup(&q), *consumed = ring_pos.lookup(&c);
+
+	if (queued && consumed && *queued - *consumed + bytes + 8 > PROCMON_CONTEXT_FILL_MAX) {
+		count(PROCMON_CNT_CONTEXT_DROPPED);
+		return false;
+	}
+#endif
+	return true;
 }
 
 /* The flag for a record of this many bytes queued now (see unwoken above). */
@@ -241,6 +279,7 @@ static __always_inline void image_owner(struct task_struct *leader, struct exit_
 
 	rec->image_pid = 0;
 	rec->image_start_ns = 0;
+	rec->image_exec_id = 0;
 	for (int i = 0; i < PROCMON_IMAGE_DEPTH; i++) {
 		parent_exec_id = 0;
 		self_exec_id = 1;
@@ -249,6 +288,7 @@ static __always_inline void image_owner(struct task_struct *leader, struct exit_
 		if (self_exec_id != parent_exec_id) {
 			PM_READ(rec->image_pid, t->tgid);
 			PM_READ(rec->image_start_ns, t->start_boottime);
+			rec->image_exec_id = self_exec_id;
 			return;
 		}
 		parent = NULL;
@@ -312,7 +352,6 @@ static __always_inline void emit(struct task_struct *task, struct task_struct *l
 	rec->cgroup_id = bpf_get_current_cgroup_id();
 	rec->max_rss_pages = max_rss_pages(task, sig);
 	rec->flags = process ? PROCMON_F_GROUP_DEAD : PROCMON_F_THREAD;
-	rec->_pad = 0;
 	image_owner(leader, rec);
 	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
 
@@ -345,6 +384,7 @@ static __always_inline void emit(struct task_struct *task, struct task_struct *l
 	}
 
 	count(PROCMON_CNT_EMITTED);
+	note_queued(sizeof(*rec));
 	events.ringbuf_submit(rec, wakeup_flag(sizeof(*rec), rec->ts_boot_ns));
 }
 
@@ -457,6 +497,9 @@ int procmon_exec_raw(struct bpf_raw_tracepoint_args *ctx)
 		PM_READ(rec->start_boot_ns, leader->start_boottime);
 	rec->pid = bpf_get_current_pid_tgid() >> 32;
 	rec->args_total = 0;
+	rec->exec_id = 0;
+	rec->_pad = 0;
+	PM_READ(rec->exec_id, p->self_exec_id);
 	PM_READ(filename, bprm->filename);
 	/* on failure the helper zeroes the buffer: an empty name, never the previous one */
 	bpf_probe_read_kernel_str(rec->filename, sizeof(rec->filename), filename);
@@ -483,10 +526,13 @@ int procmon_exec_raw(struct bpf_raw_tracepoint_args *ctx)
 	rec->flags |= PROCMON_F_NO_ARGS;
 #endif
 	rec->args_size = size;
-	if (events.ringbuf_output(rec, offsetof(struct exec_record, args) + size,
-				  wakeup_flag(offsetof(struct exec_record, args) + size,
-					      rec->ts_boot_ns)))
+	size += offsetof(struct exec_record, args);
+	if (!context_admitted(size))
+		return 0;
+	if (events.ringbuf_output(rec, size, wakeup_flag(size, rec->ts_boot_ns)))
 		count(PROCMON_CNT_CONTEXT_DROPPED);
+	else
+		note_queued(size);
 	return 0;
 }
 
@@ -535,10 +581,13 @@ static __always_inline int emit_cgroup(struct cgroup *cgrp, const char *path, u3
 			size = PROCMON_CGROUP_PATH_LEN;
 	}
 	rec->path_size = size;
-	if (events.ringbuf_output(rec, offsetof(struct cgroup_record, path) + size,
-				  wakeup_flag(offsetof(struct cgroup_record, path) + size,
-					      bpf_ktime_get_boot_ns())))
+	size += offsetof(struct cgroup_record, path);
+	if (!context_admitted(size))
+		return 0;
+	if (events.ringbuf_output(rec, size, wakeup_flag(size, bpf_ktime_get_boot_ns())))
 		count(PROCMON_CNT_CONTEXT_DROPPED);
+	else
+		note_queued(size);
 	return 0;
 }
 

@@ -18,6 +18,10 @@ const volatile __u32 target_pidns = 0;    /* pid-namespace inode to scope to; 0 
 const volatile __u64 wakeup_bytes = 32768;/* batch wakeups until this much is queued... */
 const volatile __u64 wakeup_ns = 40000000;/* ...or until the oldest unannounced record is this old */
 const volatile bool capture_args = true;  /* off: exec records carry the executable only */
+/* Context records (exec, cgroup) are admitted only while the ring holds less than this many
+ * bytes; the rest of the ring is kept for exits, so that no flood of execs can cost an exit.
+ * 0: no limit. */
+const volatile __u64 context_fill_max = 0;
 
 __u64 last_wakeup_ns; /* racy across CPUs on purpose: an extra wakeup is harmless */
 
@@ -172,11 +176,13 @@ static __always_inline void image_owner(struct task_struct *leader, struct exit_
 
 	rec->image_pid = 0;
 	rec->image_start_ns = 0;
+	rec->image_exec_id = 0;
 	for (int i = 0; i < PROCMON_IMAGE_DEPTH; i++) {
 		parent_exec_id = BPF_CORE_READ(t, parent_exec_id);
 		if (BPF_CORE_READ(t, self_exec_id) != parent_exec_id) {
 			rec->image_pid = BPF_CORE_READ(t, tgid);
 			rec->image_start_ns = BPF_CORE_READ(t, start_boottime);
+			rec->image_exec_id = BPF_CORE_READ(t, self_exec_id);
 			return;
 		}
 		parent = BPF_CORE_READ(t, real_parent);
@@ -214,7 +220,6 @@ static __always_inline void emit(struct task_struct *task, bool process, __u32 c
 	rec->cgroup_id = bpf_get_current_cgroup_id();
 	rec->max_rss_pages = max_rss_pages(task);
 	rec->flags = process ? PROCMON_F_GROUP_DEAD : PROCMON_F_THREAD;
-	rec->_pad = 0;
 	image_owner(leader, rec);
 	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
 	BPF_CORE_READ_STR_INTO(&rec->parent_comm, task, real_parent, comm);
@@ -306,6 +311,18 @@ int exit_tp(void *ctx)
 	return handle_exit(group_dead);
 }
 
+/* Whether a context record of this many bytes may still enter the ring (context_fill_max).
+ * Not admitted counts as a lost context record: its exit still comes, with less context. */
+static __always_inline bool context_admitted(__u64 size)
+{
+	if (context_fill_max &&
+	    bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size + 8 > context_fill_max) {
+		count(PROCMON_CNT_CONTEXT_DROPPED);
+		return false;
+	}
+	return true;
+}
+
 /* After exec the new image's argv sits in the process's memory and the task is current:
  * read both now, so that a process living a millisecond still has them at exit.
  * Returns how many bytes of rec to send (args trimmed to what was read). */
@@ -322,6 +339,8 @@ static __always_inline __u32 fill_exec(struct exec_record *rec, struct task_stru
 	rec->start_boot_ns = BPF_CORE_READ(p, group_leader, start_boottime);
 	rec->pid = p->tgid;
 	rec->args_total = 0;
+	rec->exec_id = BPF_CORE_READ(p, self_exec_id);
+	rec->_pad = 0;
 	bpf_probe_read_kernel_str(rec->filename, sizeof(rec->filename), BPF_CORE_READ(bprm, filename));
 	if (capture_args) {
 		mm = BPF_CORE_READ(p, mm);
@@ -355,7 +374,7 @@ int BPF_PROG(exec_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm
 	if (!rec)
 		return 0;
 	size = fill_exec(rec, p, bprm);
-	if (size > sizeof(*rec)) /* for the verifier: never true */
+	if (size > sizeof(*rec) || !context_admitted(size)) /* > sizeof: never, for the verifier */
 		return 0;
 	if (bpf_ringbuf_output(&events, rec, size, wakeup_flag(rec->ts_boot_ns, size + 8, false)))
 		count(PROCMON_CNT_CONTEXT_DROPPED);
@@ -390,6 +409,8 @@ static __always_inline int emit_cgroup(struct cgroup *cgrp, const char *path, __
 			size = PROCMON_CGROUP_PATH_LEN;
 	}
 	rec->path_size = size;
+	if (!context_admitted(offsetof(struct cgroup_record, path) + size))
+		return 0;
 	if (bpf_ringbuf_output(&events, rec, offsetof(struct cgroup_record, path) + size,
 			       wakeup_flag(bpf_ktime_get_boot_ns(), size + 8, false)))
 		count(PROCMON_CNT_CONTEXT_DROPPED);

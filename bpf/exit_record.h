@@ -6,7 +6,7 @@
 #ifndef PROCMON_EXIT_RECORD_H
 #define PROCMON_EXIT_RECORD_H
 
-#define PROCMON_RECORD_VERSION 2
+#define PROCMON_RECORD_VERSION 3
 #define PROCMON_COMM_LEN 16
 #define PROCMON_FILENAME_LEN 256
 #define PROCMON_ARGS_LEN 1024   /* a power of two: the probe masks with it */
@@ -30,7 +30,8 @@
 /* counter map slots */
 #define PROCMON_CNT_DROPPED 0 /* ring buffer reservation failed */
 #define PROCMON_CNT_EMITTED 1
-#define PROCMON_CNT_CONTEXT_DROPPED 2 /* exec or cgroup record lost: that context is unknown */
+#define PROCMON_CNT_CONTEXT_DROPPED 2 /* exec or cgroup record lost (ring full, or past the
+					* context share of the ring): that context is unknown */
 #define PROCMON_CNT_MAX 3
 
 struct exit_record {
@@ -58,7 +59,7 @@ struct exit_record {
 	 * adopted by a reaper. Userspace looks the exec up by (image_pid, image_start_ns). */
 	__u64 image_start_ns;
 	__u32 image_pid;
-	__u32 _pad;
+	__u32 image_exec_id;/* the owner's self_exec_id: which of its execs the image is */
 };
 
 /* Sent at sched_process_exec, trimmed to the args actually captured. */
@@ -70,6 +71,9 @@ struct exec_record {
 	__u32 pid;          /* tgid */
 	__u32 args_size;    /* bytes of args[] that follow, NUL-separated */
 	__u64 args_total;   /* arg_end - arg_start: > args_size when truncated */
+	__u32 exec_id;      /* self_exec_id after this exec (low 32 bits): an exit whose
+			     * image_exec_id differs belongs to a later exec whose record was lost */
+	__u32 _pad;
 	char filename[PROCMON_FILENAME_LEN];
 	char args[PROCMON_ARGS_LEN];
 };

@@ -30,22 +30,24 @@ HZ = os.sysconf("SC_CLK_TCK")
 def exec_record(
     pid: int, start: int, args: bytes, flags: int = 0, filename: bytes = b"/x"
 ) -> bytes:
-    header = EXEC_HEADER.pack(KIND_EXEC, flags, 1, start, pid, len(args), len(args), filename)
+    header = EXEC_HEADER.pack(KIND_EXEC, flags, 1, start, pid, len(args), len(args), 3, 0, filename)
     return header + args
 
 
-def exit_of(pid: int, start: int, image_pid: int = 0, image_start: int = 0) -> RawExit:
+def exit_of(
+    pid: int, start: int, image_pid: int = 0, image_start: int = 0, image_exec_id: int = 0
+) -> RawExit:
     return RawExit(
         5, start, 0, 0, 0, 0, 7, pid, pid, 1, 0, 0, 0, 1, pid, FLAG_GROUP_DEAD, b"c", b"p",
-        image_pid, image_start,
+        image_pid, image_start, image_exec_id,
     )  # fmt: skip
 
 
 def test_exec_record_decoding() -> None:
     raw = decode(exec_record(10, 99, b"ls\0-l\0a b\0"))
-    assert raw == RawExec(1, 99, 10, b"/x", [b"ls", b"-l", b"a b"], False)
+    assert raw == RawExec(1, 99, 10, b"/x", b"ls\0-l\0a b", False, 3)
     cut = decode(exec_record(10, 99, b"ls\0-l\0ab", EXEC_ARGS_TRUNCATED))
-    assert isinstance(cut, RawExec) and cut.args == [b"ls", b"-l", b"ab"] and cut.args_truncated
+    assert isinstance(cut, RawExec) and cut.args == b"ls\0-l\0ab" and cut.args_truncated
     off = decode(exec_record(10, 99, b"", EXEC_NO_ARGS))
     assert isinstance(off, RawExec) and off.args is None
 
@@ -75,7 +77,7 @@ def test_cgroup_created_in_a_namespace_is_named_under_its_parent() -> None:
 
 def test_exit_takes_own_entry_then_forgets_it() -> None:
     ctx = ProcessContext(EnrichConfig())
-    ctx.observe(RawExec(1, 100, 10, b"/bin/app", [b"app", b"--password=x"], False))
+    ctx.observe(RawExec(1, 100, 10, b"/bin/app", b"app\0--password=x", False))
     fields = ctx.for_exit(exit_of(10, 100))
     assert fields["exe"] == "/bin/app" and fields["args"] == ("app", "--password=<redacted>")
     assert ctx.for_exit(exit_of(10, 100))["exe"] is None  # gone with the process
@@ -83,7 +85,7 @@ def test_exit_takes_own_entry_then_forgets_it() -> None:
 
 def test_extra_redact_patterns_add_to_the_defaults() -> None:
     ctx = ProcessContext(EnrichConfig(redact_extra=(r"--pin=(?P<secret>\d+)",)))
-    ctx.observe(RawExec(1, 100, 10, b"/bin/app", [b"app", b"--pin=1234", b"--token=t"], False))
+    ctx.observe(RawExec(1, 100, 10, b"/bin/app", b"app\0--pin=1234\0--token=t", False))
     assert ctx.for_exit(exit_of(10, 100))["args"] == (
         "app",
         "--pin=<redacted>",
@@ -92,14 +94,14 @@ def test_extra_redact_patterns_add_to_the_defaults() -> None:
 
 
 def test_reused_pid_is_not_confused_with_the_old_process() -> None:
-    cache = ExecCache(16, lambda args: tuple(a.decode() for a in args))
-    cache.on_exec(RawExec(1, 100, 10, b"/bin/old", [b"old"], False))
+    cache = ExecCache(16, lambda blob: tuple(blob.decode().split("\0")))
+    cache.on_exec(RawExec(1, 100, 10, b"/bin/old", b"old", False))
     assert cache.for_exit(exit_of(10, 200), last=True) is None
 
 
 def test_fork_without_exec_takes_the_image_owner() -> None:
-    cache = ExecCache(16, lambda args: tuple(a.decode() for a in args))
-    cache.on_exec(RawExec(1, 100, 10, b"/bin/srv", [b"srv"], False))
+    cache = ExecCache(16, lambda blob: tuple(blob.decode().split("\0")))
+    cache.on_exec(RawExec(1, 100, 10, b"/bin/srv", b"srv", False))
     info = cache.for_exit(exit_of(12, 300, image_pid=10, image_start=100), last=True)
     assert info is not None and (info.exe, info.source) == ("/bin/srv", "fork")
     assert cache.for_exit(exit_of(13, 300, image_pid=10, image_start=999), last=True) is None
@@ -109,7 +111,7 @@ def test_fork_without_exec_takes_the_image_owner() -> None:
 def test_exec_cache_is_bounded() -> None:
     cache = ExecCache(64, lambda args: ())
     for pid in range(1000):
-        cache.on_exec(RawExec(1, pid, pid, b"/x", [], False))
+        cache.on_exec(RawExec(1, pid, pid, b"/x", b"", False))
     assert len(cache) == 64 and cache.evicted == 936
 
 
@@ -137,6 +139,50 @@ def test_proc_seed_matches_start_ticks_and_cuts_long_command_lines(tmp_path: Pat
     assert long["args_truncated"] is True and len(long["args"][0]) == 1024
     retitled = ctx.for_exit(exit_of(52, 7 * 1_000_000_000 // HZ))
     assert retitled["args"] == ("sshd: [net]",)  # setproctitle's padding is not arguments
+
+
+def test_capture_args_off_holds_for_proc_seeds(tmp_path: Path) -> None:
+    """A process running before the agent started must not send what capture_args = false
+    keeps in the kernel for every later exec (one run sent a raw -pSECRET this way)."""
+    fake_proc(tmp_path, 60, "mysql", 55, b"mysql\0-pSECRET\0")
+    (tmp_path / "self").mkdir()
+    ctx = ProcessContext(EnrichConfig(capture_args=False))
+    ctx.seed(proc=str(tmp_path), cgroup_root=str(tmp_path / "none"))
+    fields = ctx.for_exit(exit_of(60, 55 * 1_000_000_000 // HZ))
+    assert fields["exe"] == "/usr/bin/thing" and fields["args"] is None
+
+
+def test_entry_of_an_earlier_exec_is_not_taken_for_a_lost_one() -> None:
+    """The record of a process's second exec was lost (shed by a flood): its exit names the
+    second exec (image_exec_id 2), so the first exec's args must not be reported."""
+    cache = ExecCache(16, lambda blob: tuple(blob.decode().split("\0")))
+    cache.on_exec(RawExec(1, 100, 10, b"/bin/bash", b"bash", False, 1))
+    assert cache.for_exit(exit_of(10, 100, 10, 100, image_exec_id=2), last=True) is None
+    assert len(cache) == 0  # the process is gone: its stale entry too
+    cache.on_exec(RawExec(1, 100, 10, b"/bin/bash", b"bash", False, 1))
+    info = cache.for_exit(exit_of(10, 100, 10, 100, image_exec_id=1), last=True)
+    assert info is not None and info.exe == "/bin/bash"
+    # a child forked after the parent's lost exec: same rule for the image owner
+    cache.on_exec(RawExec(1, 100, 10, b"/bin/bash", b"bash", False, 1))
+    assert cache.for_exit(exit_of(12, 300, 10, 100, image_exec_id=2), last=True) is None
+
+
+def test_same_command_line_is_shaped_once() -> None:
+    ctx = ProcessContext(EnrichConfig())
+    calls = []
+    redact = ctx._redactor.redact
+
+    def counting(args: list[str]) -> tuple[list[str], bool]:
+        calls.append(args)
+        return redact(args)
+
+    ctx._redactor.redact = counting  # type: ignore[method-assign]
+    for pid in range(10, 20):
+        ctx.observe(RawExec(1, 100, pid, b"/bin/app", b"app\0--token=t\0x", False, 1))
+    assert len(calls) == 1
+    assert ctx.for_exit(exit_of(15, 100))["args"] == ("app", "--token=<redacted>", "x")
+    ctx.observe(RawExec(1, 100, 30, b"/bin/app", b"", False, 1))
+    assert ctx.for_exit(exit_of(30, 100))["args"] == ()
 
 
 def test_removed_cgroup_resolves_for_the_grace_period_only() -> None:

@@ -101,6 +101,7 @@ class Agent:
             raise
         self._probe_live = True
         self._context_drops_before = 0
+        self._evicted_before = 0  # exec-cache evictions of contexts replaced on reload
         self.builder = EventBuilder(
             cfg.host_id, _backend(self.probe), context=open_context(cfg.enrich, self.probe)
         )
@@ -163,8 +164,14 @@ class Agent:
             # exec/cgroup records lost: those exits still arrive, with null context
             "dropped_context_kernel": self._context_drops_before
             + (self.probe.context_drops() if self._probe_live else 0),
+            # exec-cache entries pushed out by its bound: those exits carry null exe/args
+            "exec_cache_evicted": self._evicted_before + self._exec_cache_evicted(),
             "uptime_s": round(time.monotonic() - self._started, 3),
         }
+
+    def _exec_cache_evicted(self) -> int:
+        context = self.builder.context
+        return context.execs.evicted if context is not None else 0
 
     # --- running ----------------------------------------------------------------------------
 
@@ -257,6 +264,7 @@ class Agent:
         if probe_changed or new.host_id != old.host_id:
             context = self.builder.context
             if new.enrich != old.enrich or self.probe.has_context != (context is not None):
+                self._evicted_before += self._exec_cache_evicted()
                 context = open_context(new.enrich, self.probe)  # new rules apply to all it holds
             self.builder = EventBuilder(new.host_id, _backend(self.probe), context=context)
         mqtt_changed = (new.host_id, new.mqtt, new.spool, new.sinks.mqtt, options) != (

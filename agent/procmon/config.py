@@ -69,6 +69,9 @@ class ProbeConfig(_Section):
     burst_rate: int = Field(default=10000, ge=0)
     burst_max_ms: int = Field(default=2000, ge=0, le=10000)
     burst_fill_pct: int = Field(default=90, ge=10, le=95)
+    # Exec and cgroup records enter the ring only while it is less than this full; the rest
+    # is kept for exits, so a flood of execs costs context (counted), never an exit. 0: off.
+    context_fill_pct: int = Field(default=50, ge=0, le=95)
     # bpffs directory (e.g. /sys/fs/bpf/procmon) where the CO-RE probe stays attached across
     # agent restarts, so exits during a restart wait in the ring. None: detach on exit.
     pin_dir: Path | None = None

@@ -3,13 +3,16 @@
 It consumes the probe's context records (exec, cgroup mkdir/rmdir) in ring order, so an exec
 is always known before the exit that follows it, and answers for each exit with the fields
 ExitEvent carries. Args are decoded and redacted once, when the exec is seen: nothing
-unredacted is kept, so nothing unredacted can leave the host.
+unredacted is kept, so nothing unredacted can leave the host. The same command line is shaped
+once: the result is kept under a digest of the raw argv (never the argv itself), so a flood
+of one command line costs a hash per exec.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections import OrderedDict
 from typing import Any
 
 from procmon.config import EnrichConfig
@@ -29,18 +32,34 @@ _UNKNOWN: dict[str, Any] = {
 }
 
 
+# Distinct command lines whose shaped args are kept (about 1 KB each at most).
+SHAPED_CACHE_SIZE = 4096
+
+
 class ProcessContext:
     def __init__(self, cfg: EnrichConfig) -> None:
         self._redactor = Redactor(cfg.redact + cfg.redact_extra, cfg.redact_value_after)
-        self.execs = ExecCache(cfg.exec_cache_size, self._shape_args)
+        self.execs = ExecCache(cfg.exec_cache_size, self._shape_args, cfg.capture_args)
         self.cgroups = CgroupCache(cfg.cgroup_cache_size, cfg.cgroup_grace_s)
         self.redacted_args = 0
+        self._shaped: OrderedDict[bytes, tuple[str, ...]] = OrderedDict()
 
-    def _shape_args(self, args: Sequence[bytes]) -> tuple[str, ...]:
-        decoded = [a.decode("utf-8", "backslashreplace") for a in args]
-        shaped, redacted = self._redactor.redact(decoded)
+    def _shape_args(self, blob: bytes) -> tuple[str, ...]:
+        """argv as it may leave the host. One decode for the whole blob (NUL is one byte in
+        UTF-8 and never part of another character, so splitting after decoding is the same)."""
+        key = hashlib.blake2b(blob, digest_size=16).digest()
+        shaped = self._shaped.get(key)
+        if shaped is not None:
+            self._shaped.move_to_end(key)
+            return shaped
+        decoded = blob.decode("utf-8", "backslashreplace").split("\0") if blob else []
+        redacted_args, redacted = self._redactor.redact(decoded)
         self.redacted_args += redacted
-        return tuple(shaped)
+        shaped = tuple(redacted_args)
+        self._shaped[key] = shaped
+        if len(self._shaped) > SHAPED_CACHE_SIZE:
+            self._shaped.popitem(last=False)
+        return shaped
 
     def seed(self, proc: str = "/proc", cgroup_root: str | None = None) -> None:
         """Learn what already runs. Call after the probe is attached, so nothing that

@@ -3,8 +3,9 @@
 Filled from exec records as they arrive and, at start, from /proc for processes that were
 already running. An exit takes its own entry; a process that never exec'd takes the entry of
 the ancestor whose exec its image comes from, which the probe names (image_pid in
-struct exit_record). Bounded: the least recently set entries go first, so missed exits
-cannot grow it.
+struct exit_record), and which of its execs (image_exec_id): when the record of a later
+exec was lost, the entry of an earlier one is not taken for it. Bounded: the least recently set
+entries go first (counted), so missed exits cannot grow it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,8 +22,8 @@ from procmon.probe.record import RawExec, RawExit
 log = logging.getLogger("procmon.enrich")
 
 ExecSource = Literal["exec", "fork", "proc"]
-# Turns raw argv into what may leave the host (decoded, redacted).
-ArgsShaper = Callable[[Sequence[bytes]], tuple[str, ...]]
+# Turns a raw argv blob (NUL-separated) into what may leave the host (decoded, redacted).
+ArgsShaper = Callable[[bytes], tuple[str, ...]]
 ARGS_LEN = 1024  # PROCMON_ARGS_LEN: /proc seeds are cut like the probe cuts exec records
 _NS_PER_S = 1_000_000_000
 
@@ -35,21 +36,26 @@ class ExecInfo:
     source: ExecSource
     start_boot_ns: int  # exact for exec records
     start_ticks: int | None = None  # set for /proc seeds: /proc/<pid>/stat has clock ticks
+    exec_id: int | None = None  # the process's self_exec_id after this exec; None: unknown
 
-    def is_of(self, start_boot_ns: int, hz: int) -> bool:
-        """Whether this entry belongs to the process started then (pids are reused)."""
+    def is_of(self, start_boot_ns: int, exec_id: int, hz: int) -> bool:
+        """Whether this entry is the image of the process started then (pids are reused) as
+        of its exec exec_id (0: unknown)."""
         if self.start_ticks is None:
-            return self.start_boot_ns == start_boot_ns
+            return self.start_boot_ns == start_boot_ns and (
+                not exec_id or not self.exec_id or self.exec_id == exec_id
+            )
         return start_boot_ns * hz // _NS_PER_S == self.start_ticks
 
 
 class ExecCache:
-    def __init__(self, max_entries: int, shape_args: ArgsShaper) -> None:
+    def __init__(self, max_entries: int, shape_args: ArgsShaper, capture_args: bool = True) -> None:
         self.max_entries = max_entries
         self._shape_args = shape_args
+        self._capture_args = capture_args  # off: /proc seeds carry no args either
         self._by_pid: OrderedDict[int, ExecInfo] = OrderedDict()
         self._hz = os.sysconf("SC_CLK_TCK")
-        self.evicted = 0
+        self.evicted = 0  # entries pushed out by the bound: those exits lose their context
 
     def __len__(self) -> int:
         return len(self._by_pid)
@@ -65,23 +71,28 @@ class ExecCache:
     def on_exec(self, raw: RawExec) -> None:
         exe = raw.filename.decode("utf-8", "backslashreplace")
         args = None if raw.args is None else self._shape_args(raw.args)
-        self.put(raw.pid, ExecInfo(exe, args, raw.args_truncated, "exec", raw.start_boot_ns))
+        info = ExecInfo(
+            exe, args, raw.args_truncated, "exec", raw.start_boot_ns, exec_id=raw.exec_id
+        )
+        self.put(raw.pid, info)
 
-    def _entry(self, pid: int, start_boot_ns: int) -> ExecInfo | None:
+    def _entry(self, pid: int, start_boot_ns: int, exec_id: int) -> ExecInfo | None:
         info = self._by_pid.get(pid)
-        return info if info is not None and info.is_of(start_boot_ns, self._hz) else None
+        return info if info is not None and info.is_of(start_boot_ns, exec_id, self._hz) else None
 
     def for_exit(self, raw: RawExit, last: bool) -> ExecInfo | None:
         """The exiting process's own entry (removed when ``last``: the process is gone), else
         that of the ancestor its image comes from."""
-        own = self._entry(raw.pid, raw.start_boot_ns)
-        if own is not None:
-            if last:
+        own = self._by_pid.get(raw.pid)
+        if own is not None and own.is_of(raw.start_boot_ns, 0, self._hz):
+            if last:  # gone: its entry goes too, even one of an earlier exec
                 del self._by_pid[raw.pid]
-            return own
+            exec_id = raw.image_exec_id if raw.image_pid == raw.pid else 0
+            if own.is_of(raw.start_boot_ns, exec_id, self._hz):
+                return own
         if raw.image_pid in (0, raw.pid):
             return None
-        owner = self._entry(raw.image_pid, raw.image_start_ns)
+        owner = self._entry(raw.image_pid, raw.image_start_ns, raw.image_exec_id)
         if owner is None:
             return None
         return ExecInfo(owner.exe, owner.args, owner.args_truncated, "fork", raw.start_boot_ns)
@@ -120,6 +131,6 @@ class ExecCache:
         args: tuple[str, ...] | None = None  # kernel threads and zombies have none
         # A process that rewrote its argv (setproctitle) leaves NUL padding behind.
         cmdline = cmdline.rstrip(b"\0")
-        if cmdline:
-            args = self._shape_args(cmdline.split(b"\0"))
+        if cmdline and self._capture_args:
+            args = self._shape_args(cmdline)
         return ExecInfo(exe, args, truncated, "proc", 0, start_ticks)

@@ -102,6 +102,7 @@ def cflags(
         f"-DPROCMON_RING_PAGES={max(1, knobs.ring_size_bytes // os.sysconf('SC_PAGE_SIZE'))}",
         f"-DPROCMON_CAPTURE_EXEC={int(knobs.capture_exec)}",
         f"-DPROCMON_CAPTURE_ARGS={int(knobs.capture_args)}",
+        f"-DPROCMON_CONTEXT_FILL_MAX={knobs.context_fill_max}ULL",
     ]
     if group_dead:
         flags.append("-DPROCMON_TP_GROUP_DEAD")
@@ -254,7 +255,20 @@ class BccProbe:
         # Batched wakeups leave records queued without an epoll event: drain them too.
         if not self._records.full:
             self._bpf.ring_buffer_consume()
+        if self._knobs.context_fill_max:
+            self._report_consumed()
         return self._records.take()
+
+    def _report_consumed(self) -> None:
+        """Tell the probe how far the ring is drained (it cannot ask the ring itself): its
+        context share is measured from this. Without the ring's position pages, report all
+        queued bytes consumed, which turns the share off rather than shedding all context."""
+        positions = self._bpf["ring_pos"]
+        if self.ring_fill is not None:
+            consumed = self.ring_fill.consumed()
+        else:
+            consumed = positions[ctypes.c_int(0)].value
+        positions[ctypes.c_int(1)] = ctypes.c_uint64(consumed)
 
     def _counter(self, slot: int) -> int:
         try:

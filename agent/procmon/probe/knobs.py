@@ -28,6 +28,14 @@ class ProbeKnobs:
     # whether exec records carry the args.
     capture_exec: bool = True
     capture_args: bool = True
+    # Context records enter the ring only while it is less than this full (percent): the
+    # rest is kept for exits. 0: no limit.
+    context_fill_pct: int = 50
+
+    @property
+    def context_fill_max(self) -> int:
+        """context_fill_pct in bytes of the ring (0: no limit)."""
+        return self.ring_size_bytes * self.context_fill_pct // 100
 
     @classmethod
     def from_config(cls, cfg: ProbeConfig, enrich: EnrichConfig | None = None) -> ProbeKnobs:
@@ -43,6 +51,7 @@ class ProbeKnobs:
             ring_size_bytes=_power_of_two(cfg.ring_size_kb * 1024),
             capture_exec=enrich.enabled,
             capture_args=enrich.enabled and enrich.capture_args,
+            context_fill_pct=cfg.context_fill_pct,
         )
 
     def as_rodata(self) -> dict[str, int]:
@@ -54,6 +63,7 @@ class ProbeKnobs:
             "wakeup_bytes": self.wakeup_bytes,
             "wakeup_ns": self.wakeup_ns,
             "capture_args": int(self.capture_args),
+            "context_fill_max": self.context_fill_max,
         }
 
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 log = logging.getLogger("procmon.probe")
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 KIND_EXIT = 1
 KIND_EXEC = 2
 KIND_CGROUP_MKDIR = 3
@@ -54,6 +54,8 @@ class RawExit(NamedTuple):
     # from without exec); 0 when unknown.
     image_pid: int = 0
     image_start_ns: int = 0
+    # Which of the owner's execs the image is (its self_exec_id); 0 when unknown.
+    image_exec_id: int = 0
 
 
 class RawExec(NamedTuple):
@@ -63,8 +65,11 @@ class RawExec(NamedTuple):
     start_boot_ns: int
     pid: int
     filename: bytes
-    args: list[bytes] | None  # None: capture_args is off
+    # argv as read: NUL-separated, without the final NUL; None: capture_args is off. Kept as
+    # one blob so that userspace decodes it in one call, whatever the argument count.
+    args: bytes | None
     args_truncated: bool
+    exec_id: int = 0  # the process's self_exec_id after this exec
 
 
 class RawCgroup(NamedTuple):
@@ -78,9 +83,9 @@ class RawCgroup(NamedTuple):
 
 RawRecord = RawExit | RawExec | RawCgroup
 
-EXIT_RECORD = struct.Struct("<II7Q8I16s16sQI4x")
+EXIT_RECORD = struct.Struct("<II7Q8I16s16sQII")
 EXIT_RECORD_SIZE = EXIT_RECORD.size  # 144, asserted against the C struct in tests
-EXEC_HEADER = struct.Struct("<II2QIIQ256s")  # everything before args[]
+EXEC_HEADER = struct.Struct("<II2QIIQII256s")  # everything before args[]
 CGROUP_HEADER = struct.Struct("<IIQQ")  # everything before path[]
 CGROUP_PATH_LEN = 512
 _KIND = struct.Struct("<I")
@@ -146,7 +151,7 @@ def decode(data: bytes) -> RawRecord:
 
 def decode_exit(data: bytes) -> RawExit:
     f = EXIT_RECORD.unpack_from(data)
-    return RawExit._make((*f[2:17], f[1], _cstr(f[17]), _cstr(f[18]), f[20], f[19]))
+    return RawExit._make((*f[2:17], f[1], _cstr(f[17]), _cstr(f[18]), f[20], f[19], f[21]))
 
 
 def encode_exit(raw: RawExit) -> bytes:
@@ -159,16 +164,20 @@ def encode_exit(raw: RawExit) -> bytes:
         raw.parent_comm[:16],
         raw.image_start_ns,
         raw.image_pid,
+        raw.image_exec_id,
     )
 
 
 def _decode_exec(data: bytes) -> RawExec:
-    _, flags, ts, start, pid, args_size, _total, filename = EXEC_HEADER.unpack_from(data)
-    args: list[bytes] | None = None
+    _, flags, ts, start, pid, args_size, _total, exec_id, _, filename = EXEC_HEADER.unpack_from(
+        data
+    )
+    args: bytes | None = None
     if not flags & EXEC_NO_ARGS:
-        blob = data[EXEC_HEADER.size : EXEC_HEADER.size + args_size]
         # argv is NUL-separated with a final NUL; a truncated one ends mid-argument.
-        args = blob[:-1].split(b"\0") if blob.endswith(b"\0") else blob.split(b"\0")
-        if args == [b""]:
-            args = []
-    return RawExec(ts, start, pid, _cstr(filename), args, bool(flags & EXEC_ARGS_TRUNCATED))
+        args = data[EXEC_HEADER.size : EXEC_HEADER.size + args_size]
+        if args.endswith(b"\0"):
+            args = args[:-1]
+    truncated = bool(flags & EXEC_ARGS_TRUNCATED)
+    return RawExec(ts, start, pid, _cstr(filename), args, truncated, exec_id)
+

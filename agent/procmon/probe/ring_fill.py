@@ -31,6 +31,11 @@ class RingFill:
         consumer: int = _POSITION.unpack_from(self._consumer)[0]
         return max(0, producer - consumer)
 
+    def consumed(self) -> int:
+        """The consumer position: bytes consumed since the ring was made."""
+        position: int = _POSITION.unpack_from(self._consumer)[0]
+        return position
+
     def close(self) -> None:
         self._consumer.close()
         self._producer.close()
