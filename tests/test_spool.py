@@ -73,6 +73,33 @@ def test_full_spool_drops_oldest_and_counts_exactly(path: Path) -> None:
     spool.close()
 
 
+def test_byte_bound_drops_oldest_and_counts(path: Path) -> None:
+    """spool.max_bytes: 8 KB events (the largest an event gets) must not fill a disk before
+    max_events does. Past the byte bound the oldest go, counted as with the count bound."""
+    spool = Spool(path, max_events=1_000_000, max_bytes=1 << 20)
+    big = [bytes([i % 256]) * 8192 for i in range(300)]  # 2.4 MB
+    dropped = sum(spool.append(big[i : i + 30]) for i in range(0, 300, 30))
+    assert spool.payload_bytes <= 1 << 20 and spool.depth == 128
+    assert dropped == 300 - 128 == spool.counters.dropped_full
+    assert all_rows(spool) == big[-128:]  # the newest survive
+    acked = [row_id for row_id, _ in spool.read_after(0, 28)]
+    spool.ack(acked)
+    assert spool.payload_bytes == 100 * 8192
+    spool.close()
+    again = Spool(path, max_events=1_000_000, max_bytes=1 << 20)  # the count survives a restart
+    assert again.payload_bytes == 100 * 8192 and again.depth == 100
+    again.close()
+
+
+def test_byte_bound_with_everything_in_flight(path: Path) -> None:
+    spool = Spool(path, max_events=1000, max_bytes=1 << 20)
+    spool.append([b"a" * 8192] * 128)
+    cursor = spool.read_after(0, 1000)[-1][0]
+    assert spool.append([b"b" * 8192] * 3, protect_upto=cursor) == 3
+    assert spool.payload_bytes == 1 << 20 and spool.counters.dropped_full == 3
+    spool.close()
+
+
 def test_batch_larger_than_the_spool(path: Path) -> None:
     spool = Spool(path, max_events=100)
     assert spool.append(payloads(0, 250)) == 150

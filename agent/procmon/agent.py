@@ -92,7 +92,7 @@ class Agent:
         # Cheap, likely-to-fail checks first: credentials and spool before attaching.
         options = _broker_options(cfg) if cfg.sinks.mqtt else None
         self._options = options
-        spool = Spool(cfg.spool.path, cfg.spool.max_events) if cfg.sinks.mqtt else None
+        spool = Spool(cfg.spool.path, cfg.spool.max_events, cfg.spool.max_bytes) if cfg.sinks.mqtt else None
         try:
             self.probe: Probe = _open_probe(cfg)
         except BaseException:
@@ -278,7 +278,7 @@ class Agent:
         if mqtt_changed and (self.mqtt is not None or new.sinks.mqtt):
             self._close_mqtt()
             if new.sinks.mqtt and options is not None:
-                spool = Spool(new.spool.path, new.spool.max_events)
+                spool = Spool(new.spool.path, new.spool.max_events, new.spool.max_bytes)
                 self.mqtt = self._open_mqtt(new, spool, options)
         if new.sinks != old.sinks:
             for sink in self.local_sinks:

@@ -108,6 +108,9 @@ class MqttConfig(_Section):
 class SpoolConfig(_Section):
     path: Path = Path("/var/lib/procmon/spool.db")
     max_events: int = Field(default=1_000_000, ge=100)
+    # Payload bytes on disk, whatever the events' size (one can reach ~8 KB): past either
+    # bound the oldest events are dropped and counted (dropped_spool).
+    max_bytes: int = Field(default=512 << 20, ge=1 << 20)
 
 
 class EnrichConfig(_Section):

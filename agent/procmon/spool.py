@@ -4,7 +4,8 @@ SQLite in WAL mode with ``synchronous=NORMAL``: one transaction per appended bat
 agent crash (SIGKILL, OOM) loses nothing that was appended; a power loss may lose the last
 commits. Rows are replayed in id order (AUTOINCREMENT keeps ids increasing even after the
 table empties, so a publisher's "sent up to id N" cursor stays valid) and deleted by id on
-PUBACK. When full, the oldest rows not yet handed to the publisher are dropped and counted.
+PUBACK. When full (max_events rows, or max_bytes of payload), the oldest rows not yet handed to
+the publisher are dropped and counted.
 
 A spool file that SQLite cannot read is moved aside to ``<path>.corrupt-<unix time>`` and
 replaced by an empty one; the move is counted and logged.
@@ -43,7 +44,7 @@ class SpoolError(Exception):
 
 @dataclass
 class SpoolCounters:
-    dropped_full: int = 0  # oldest events dropped to stay under max_events
+    dropped_full: int = 0  # oldest events dropped to stay under max_events and max_bytes
     dropped_error: int = 0  # events that could not be written (disk full, I/O error)
     dropped_corrupt: int = 0  # events lost with a spool file that went bad while open
     corrupt_files: int = 0  # spool files moved aside as unreadable
@@ -74,9 +75,10 @@ def _disk_full(exc: sqlite3.Error) -> bool:
 class Spool:
     """A FIFO of payloads on disk, safe to use from the probe and network threads."""
 
-    def __init__(self, path: Path, max_events: int) -> None:
+    def __init__(self, path: Path, max_events: int, max_bytes: int = 512 << 20) -> None:
         self.path = path
         self.max_events = max_events
+        self.max_bytes = max_bytes
         self.counters = SpoolCounters()
         self._lock = threading.Lock()
         self._undeleted: set[int] = set()  # acked, but the DELETE failed (disk full)
@@ -93,6 +95,7 @@ class Spool:
             os.close(self._lock_file)
             raise
         self._depth = self._count()
+        self._bytes = self._payload_bytes()
         self._last_id = self._sequence()
         self.counters.replayed = self._depth
         if self._depth:
@@ -184,6 +187,14 @@ class Spool:
     def _count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
+    def _payload_bytes(self, first: int = 0, last: int = -1) -> int:
+        """Payload bytes of rows first..last (all by default); length() reads no payload."""
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM events WHERE id BETWEEN ? AND ?",
+            (first, last if last >= 0 else 1 << 62),
+        ).fetchone()
+        return int(row[0])
+
     def _sequence(self) -> int:
         """The last id AUTOINCREMENT handed out (0 for a new file)."""
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
@@ -197,6 +208,11 @@ class Spool:
         return self._depth
 
     @property
+    def payload_bytes(self) -> int:
+        """Bytes of payload in the spool (what max_bytes bounds)."""
+        return self._bytes
+
+    @property
     def last_id(self) -> int:
         """The highest row id stored so far: rows after a cursor at last_id do not exist."""
         return self._last_id
@@ -205,7 +221,7 @@ class Spool:
         """Store a batch in one transaction; returns how many events were dropped for room.
 
         Rows with id <= protect_upto are with the publisher already and are not dropped, so
-        a full spool may briefly exceed max_events by the publisher's in-flight window.
+        a full spool may briefly exceed its bounds by the publisher's in-flight window.
         """
         return self.append_ids(payloads, protect_upto)[1]
 
@@ -273,23 +289,26 @@ class Spool:
         db = self._db
         dropped = 0
         db.execute("BEGIN IMMEDIATE")
+        batch_bytes = sum(map(len, payloads))
         overflow = self._depth + len(payloads) - self.max_events
-        if overflow > 0:
-            removed = db.execute(
-                "DELETE FROM events WHERE id IN "
-                "(SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?)",
-                (protect_upto, overflow),
-            ).rowcount
-            self._depth -= removed
+        excess = self._bytes + batch_bytes - self.max_bytes
+        if overflow > 0 or excess > 0:
+            removed, freed = self._drop_oldest(protect_upto, overflow, excess)
             dropped += removed
-            rest = min(overflow - removed, len(payloads))
-            if rest > 0:  # everything older is in flight: drop the oldest of this batch
-                payloads = payloads[rest:]
-                dropped += rest
+            overflow -= removed
+            excess -= freed
+            # Everything older is in flight: drop the oldest of this batch.
+            while payloads and (overflow > 0 or excess > 0):
+                overflow -= 1
+                excess -= len(payloads[0])
+                batch_bytes -= len(payloads[0])
+                payloads = payloads[1:]
+                dropped += 1
         db.executemany("INSERT INTO events (payload) VALUES (?)", zip(payloads))
         last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0]) if payloads else 0
         db.execute("COMMIT")
         self._depth += len(payloads)
+        self._bytes += batch_bytes
         self.counters.dropped_full += dropped
         if dropped:
             self.generation += 1
@@ -297,6 +316,27 @@ class Spool:
             return range(0), dropped
         self._last_id = last
         return range(last - len(payloads) + 1, last + 1), dropped
+
+    def _drop_oldest(self, protect_upto: int, rows: int, nbytes: int) -> tuple[int, int]:
+        """Delete the oldest rows after protect_upto until at least ``rows`` rows and
+        ``nbytes`` payload bytes are gone (or none is left); returns (rows, bytes) deleted."""
+        removed = freed = 0
+        upto = protect_upto
+        sizes = self._db.execute(
+            "SELECT id, LENGTH(payload) FROM events WHERE id > ? ORDER BY id", (protect_upto,)
+        )
+        for row_id, size in sizes:
+            if removed >= rows and freed >= nbytes:
+                break
+            upto = row_id
+            removed += 1
+            freed += size
+        sizes.close()
+        if removed:
+            self._db.execute("DELETE FROM events WHERE id > ? AND id <= ?", (protect_upto, upto))
+            self._depth -= removed
+            self._bytes -= freed
+        return removed, freed
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
@@ -312,6 +352,7 @@ class Spool:
         self._last_id = max(self._last_id, self._high_id)  # never hand out an id twice
         self._seed_ids(self._last_id)
         self._depth = 0
+        self._bytes = 0
 
     def _replace_corrupt_logged(self, reason: str) -> None:
         try:
@@ -354,9 +395,9 @@ class Spool:
                 ids = [*ids, *self._undeleted]
             try:
                 db.execute("BEGIN IMMEDIATE")
-                removed = db.executemany(
-                    "DELETE FROM events WHERE id BETWEEN ? AND ?", _runs(ids)
-                ).rowcount
+                runs = _runs(ids)
+                freed = sum(self._payload_bytes(first, last) for first, last in runs)
+                removed = db.executemany("DELETE FROM events WHERE id BETWEEN ? AND ?", runs).rowcount
                 db.execute("COMMIT")
             except sqlite3.OperationalError as exc:
                 # The rows stay and are re-sent after a restart: a duplicate, never a loss.
@@ -374,6 +415,7 @@ class Spool:
                 self._replace_corrupt_logged(str(exc))
                 return 0
             self._depth -= removed
+            self._bytes -= freed
             self._undeleted.clear()
             return removed
 
@@ -389,6 +431,7 @@ class Spool:
         self._db = self._open()
         self._seed_ids(self._last_id)
         self._depth = 0
+        self._bytes = 0
         self._undeleted.clear()
         log.warning(
             "spool %s: disk full and every stored event delivered: started a fresh spool file",

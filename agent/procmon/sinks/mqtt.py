@@ -636,6 +636,7 @@ class MqttSink:
                 "dropped_queue": spool.dropped_error,
                 "dropped_spool": spool.dropped_full + spool.dropped_corrupt,
                 "spool_depth": self._spool.depth,
+                "spool_bytes": self._spool.payload_bytes,
                 "inflight": len(self._inflight),
                 "spool_replayed": spool.replayed,
                 "spool_corrupt_files": spool.corrupt_files,
