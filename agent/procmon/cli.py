@@ -82,13 +82,14 @@ def cmd_tail(args: argparse.Namespace) -> int:
     with contextlib.suppress(BrokenPipeError):  # the reader went away (`| head`): stop quietly
         pipeline.run(stop)
     drops = pipeline.final_kernel_drops
+    context_lost = pipeline.final_context_drops
     total = pipeline.counters.events_seen
     if kmsg:
         kmsg.write_total(total)
     summary = f"Total process exits monitored: {total}"
     if fmt == "seed":
         print(seed_total_line(total), flush=True)
-    print(f"{summary} (dropped in kernel: {drops})", file=sys.stderr)
+    print(f"{summary} (dropped in kernel: {drops}; context lost: {context_lost})", file=sys.stderr)
     return EXIT_OK
 
 

@@ -68,6 +68,7 @@ class Pipeline:
         # Passed in to carry on across a pipeline rebuilt on reload.
         self.counters = counters if counters is not None else PipelineCounters()
         self.final_kernel_drops = 0
+        self.final_context_drops = 0
         self._polls = 0
         ring = getattr(probe, "ring_fill", None)
         self.burst = burst if burst is not None and burst.rate > 0 and ring is not None else None
@@ -102,13 +103,16 @@ class Pipeline:
         """Sleep while the ring fills at a burst's rate: the workload keeps the CPU, and the
         records are drained in one go once the burst ends (or the ring is ``burst.fill`` full,
         or ``burst.max_s`` passed). Records wait in the kernel, so nothing is lost unless the
-        ring overflows, which the fill bound keeps away from and the probe counts."""
+        ring overflows, which the fill bound keeps away from and the probe counts. A burst
+        with execs in it ends the wait as soon as the probe sheds a context record: the ring
+        is past its context share, and waiting longer would lose more context."""
         ring = self.probe.ring_fill
         assert ring is not None
         start = last_t = time.monotonic()
         limit = ring.capacity * burst.fill
         burst_bytes_per_s = burst.rate * _EXIT_RING_BYTES
         last = ring.queued()
+        context_drops = self.probe.context_drops()
         while True:
             time.sleep(_BURST_CHECK_S)
             now = time.monotonic()
@@ -121,6 +125,7 @@ class Pipeline:
                 queued + 2 * _BURST_CHECK_S * rate >= limit
                 or now - start >= burst.max_s
                 or rate < burst_bytes_per_s
+                or self.probe.context_drops() != context_drops
             ):
                 break
         self.counters.bursts_deferred += 1
@@ -172,6 +177,7 @@ class Pipeline:
         self.probe.detach()
         self.step(timeout_ms=0)
         self.final_kernel_drops = self.probe.kernel_drops()
+        self.final_context_drops = self.probe.context_drops()
         self.probe.close()
         for sink in self.sinks:
             sink.close()
