@@ -7,6 +7,8 @@ share. Now context records enter the ring only below its context share (probe.co
 half the ring) and every lost context record is counted.
 """
 
+# ruff: noqa: F811 - pytest fixtures are imported, then named as test parameters
+
 from __future__ import annotations
 
 import json

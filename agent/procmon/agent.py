@@ -92,7 +92,9 @@ class Agent:
         # Cheap, likely-to-fail checks first: credentials and spool before attaching.
         options = _broker_options(cfg) if cfg.sinks.mqtt else None
         self._options = options
-        spool = Spool(cfg.spool.path, cfg.spool.max_events, cfg.spool.max_bytes) if cfg.sinks.mqtt else None
+        spool = None
+        if cfg.sinks.mqtt:
+            spool = Spool(cfg.spool.path, cfg.spool.max_events, cfg.spool.max_bytes)
         try:
             self.probe: Probe = _open_probe(cfg)
         except BaseException:

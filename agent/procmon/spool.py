@@ -397,7 +397,8 @@ class Spool:
                 db.execute("BEGIN IMMEDIATE")
                 runs = _runs(ids)
                 freed = sum(self._payload_bytes(first, last) for first, last in runs)
-                removed = db.executemany("DELETE FROM events WHERE id BETWEEN ? AND ?", runs).rowcount
+                delete = "DELETE FROM events WHERE id BETWEEN ? AND ?"
+                removed = db.executemany(delete, runs).rowcount
                 db.execute("COMMIT")
             except sqlite3.OperationalError as exc:
                 # The rows stay and are re-sent after a restart: a duplicate, never a loss.
