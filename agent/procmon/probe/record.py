@@ -180,4 +180,3 @@ def _decode_exec(data: bytes) -> RawExec:
             args = args[:-1]
     truncated = bool(flags & EXEC_ARGS_TRUNCATED)
     return RawExec(ts, start, pid, _cstr(filename), args, truncated, exec_id)
-
