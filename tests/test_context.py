@@ -226,3 +226,16 @@ def test_cgroup2_mount_from_mountinfo(tmp_path: Path) -> None:
     assert cgroup2_mount(str(info)) == "/sys/fs/cgroup/unified"
     info.write_text("30 24 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n")
     assert cgroup2_mount(str(info)) is None
+
+
+def test_a_failing_redaction_rule_costs_neither_the_event_nor_a_secret() -> None:
+    ctx = ProcessContext(EnrichConfig())
+
+    def broken(args: list[str]) -> tuple[list[str], bool]:
+        raise ValueError("a rule's bug")
+
+    ctx._redactor.redact = broken  # type: ignore[method-assign]
+    ctx.observe(RawExec(1, 100, 10, b"/bin/app", b"app\0-pSECRET", False, 1))
+    fields = ctx.for_exit(exit_of(10, 100))
+    assert fields["exe"] == "/bin/app" and fields["args"] == ("<redacted>",)
+    assert ctx.redact_errors == 1

@@ -168,6 +168,7 @@ class Agent:
             + (self.probe.context_drops() if self._probe_live else 0),
             # exec-cache entries pushed out by its bound: those exits carry null exe/args
             "exec_cache_evicted": self._evicted_before + self._exec_cache_evicted(),
+            "redact_errors": self.builder.context.redact_errors if self.builder.context else 0,
             "uptime_s": round(time.monotonic() - self._started, 3),
         }
 

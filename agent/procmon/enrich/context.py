@@ -18,7 +18,7 @@ from typing import Any
 from procmon.config import EnrichConfig
 from procmon.enrich.cgroup_cache import CgroupCache, cgroup2_mount
 from procmon.enrich.exec_cache import ExecCache
-from procmon.enrich.redact import Redactor
+from procmon.enrich.redact import REDACTED, Redactor
 from procmon.probe import Probe
 from procmon.probe.record import FLAG_THREAD, RawCgroup, RawExec, RawExit
 
@@ -42,6 +42,7 @@ class ProcessContext:
         self.execs = ExecCache(cfg.exec_cache_size, self._shape_args, cfg.capture_args)
         self.cgroups = CgroupCache(cfg.cgroup_cache_size, cfg.cgroup_grace_s)
         self.redacted_args = 0
+        self.redact_errors = 0  # command lines a redaction rule failed on: sent as one REDACTED
         self._shaped: OrderedDict[bytes, tuple[str, ...]] = OrderedDict()
 
     def _shape_args(self, blob: bytes) -> tuple[str, ...]:
@@ -53,7 +54,13 @@ class ProcessContext:
             self._shaped.move_to_end(key)
             return shaped
         decoded = blob.decode("utf-8", "backslashreplace").split("\0") if blob else []
-        redacted_args, redacted = self._redactor.redact(decoded)
+        try:
+            redacted_args, redacted = self._redactor.redact(decoded)
+        except Exception:  # a rule's bug must cost neither the event nor a secret
+            if not self.redact_errors:
+                log.exception("redaction failed: args sent as %s (logged once)", REDACTED)
+            self.redact_errors += 1
+            return (REDACTED,)
         self.redacted_args += redacted
         shaped = tuple(redacted_args)
         self._shaped[key] = shaped
