@@ -96,7 +96,7 @@ def redactor() -> Redactor:
                 "docker",
                 "run",
                 "-e",
-                "AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE",  # an identifier, not a secret
+                f"AWS_ACCESS_KEY_ID={R}",  # half of the key pair: gitleaks flags it too
                 "-e",
                 f"AWS_SECRET_ACCESS_KEY={R}",
                 "-e",
@@ -133,8 +133,8 @@ def redactor() -> Redactor:
             ["x", f"--access-key={R}", f"--client-secret={R}", f"--auth={R}"],
         ),
         (
-            ["sh", "-c", "mysql --password=hunter2 -h db shop"],  # the rest of the string goes
-            ["sh", "-c", f"mysql --password={R}"],
+            ["sh", "-c", "mysql --password=hunter2 -h db shop"],  # a shell word ends at a blank
+            ["sh", "-c", f"mysql --password={R} -h db shop"],
         ),
         (
             ["sh", "-c", 'curl -H "Authorization: Bearer abc" https://x/'],
