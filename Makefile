@@ -11,7 +11,7 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	systemd-container debootstrap openssh-client openssl shellcheck \
 	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64 nftables iproute2
 
-.PHONY: setup apt venv bpf tracefs demo test lint schema clean fleet-test vm-test bench bench-quick bench-context bench-storm soak
+.PHONY: setup apt venv bpf tracefs demo test lint schema clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost soak
 
 setup: apt venv bpf tracefs
 	$(PY) -m pip install -q -e '.[dev]'
@@ -83,6 +83,13 @@ bench-context: setup build/.bench-apt-done
 bench-storm: setup build/.bench-apt-done
 	$(PY) bench/run.py --configs none,full,full-frozen,probe,probe-frozen,exitsnoop --no-long \
 		--reps 3 --results bench/storm_cost.md --plot bench/storm_cost.png --out bench/out/storm
+# An unprivileged user's floods (fork, exec, 511 args, 1 MB argv) for 60 s each, and the
+# highest steady rate held with no exit lost: bench/flood.md.
+bench-flood: setup
+	$(PY) bench/flood.py
+# One exec's cost on the draining thread (decode, redact, join), per argv shape: bench/event_cost.md.
+bench-event-cost: setup
+	$(PY) bench/event_cost.py
 build/.bench-apt-done: build/.apt-done
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_APT)
 	@touch $@
