@@ -300,3 +300,35 @@ def test_never_raises_and_keeps_length(argv: list[str]) -> None:
     out, changed = Redactor().redact(argv)
     assert len(out) == len(argv)
     assert changed == (out != argv)
+
+
+GHP = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["/usr/bin/python3", "-m", "pytest", "tests/test_x.py", "-k", "foo"],
+        ["/bin/true"] + ["x"] * 511,
+        ["a" * 1020],
+        ["mysql"] + ["-pX"] * 255,
+        ["app"] + ["--password", "x"] * 78,
+        ["sh", "-c", "a=b " * 250],
+        ["sh", "-c", "mysql" + " -pX" * 248],
+        ["app"] + [GHP] * 25,
+    ],
+    ids=lambda a: f"{a[0][:10]}x{len(a)}",
+)
+def test_cost_stays_bounded(redactor: Redactor, argv: list[str]) -> None:
+    """A loose guard for the hot path (every exec): 1024 bytes of argv, the most the probe
+    captures, in well under a millisecond. Real figures: the module docstring and bench/."""
+    redactor.redact(argv)
+    best = min(_timed(redactor, argv) for _ in range(5))
+    assert best < 1e-3, f"{best * 1e6:.0f} us"
+
+
+def _timed(redactor: Redactor, argv: list[str]) -> float:
+    start = time.perf_counter()
+    for _ in range(10):
+        redactor.redact(argv)
+    return (time.perf_counter() - start) / 10

@@ -266,8 +266,8 @@ _POSITIONAL_PROGRAMS = ("sqlplus", "rman", "exp", "imp", "sqlldr", "vault", "nmc
 
 _SHELLS = frozenset(("sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "ksh93", "yash", "fish"))
 _WRAPPERS = frozenset(
-    "sudo doas env exec nohup nice ionice time timeout stdbuf command builtin setsid chrt taskset "
-    "chroot unbuffer xargs watch".split()  # noqa: SIM905 - a list of names
+    "sudo doas env exec nohup nice ionice time timeout stdbuf command builtin setsid chrt taskset "  # noqa: SIM905
+    "chroot unbuffer xargs watch".split()
 )
 # Wrapper options that take a value (the value is skipped with the option).
 _WRAPPER_OPT_ARGS = frozenset(("-u", "-g", "-p", "-C", "-D", "-r", "-t", "-U", "-T", "-n"))
