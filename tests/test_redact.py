@@ -321,10 +321,11 @@ GHP = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
 )
 def test_cost_stays_bounded(redactor: Redactor, argv: list[str]) -> None:
     """A loose guard for the hot path (every exec): 1024 bytes of argv, the most the probe
-    captures, in well under a millisecond. Real figures: the module docstring and bench/."""
+    captures, in well under half a millisecond (the bound is ~10x lower: measured in
+    bench/results.md by `make bench-event-cost`, not asserted here)."""
     redactor.redact(argv)
     best = min(_timed(redactor, argv) for _ in range(5))
-    assert best < 1e-3, f"{best * 1e6:.0f} us"
+    assert best < 5e-4, f"{best * 1e6:.0f} us"
 
 
 def _timed(redactor: Redactor, argv: list[str]) -> float:
@@ -332,3 +333,28 @@ def _timed(redactor: Redactor, argv: list[str]) -> float:
     for _ in range(10):
         redactor.redact(argv)
     return (time.perf_counter() - start) / 10
+
+
+def test_an_argv_with_too_many_trigger_words_is_hidden_but_argv0(redactor: Redactor) -> None:
+    """Past the cost bound the argv is not looked at rule by rule: argv[0] stays."""
+    argv = ["app", *["--password", "x"] * 20]
+    assert redactor.redact(argv) == (["app", *["<redacted>"] * 40], True)
+
+
+def test_a_keyed_program_with_hundreds_of_options_is_hidden_but_argv0(redactor: Redactor) -> None:
+    assert redactor.redact(["mysql", *["-pX"] * 100])[0] == ["mysql", *["<redacted>"] * 100]
+    few = ["mysql", "-u", "app", "-pX", "db"]  # a real one: rule by rule
+    assert redactor.redact(few)[0] == ["mysql", "-u", "app", "-p<redacted>", "db"]
+
+
+def test_long_shell_string_naming_a_keyed_program_is_hidden_whole(redactor: Redactor) -> None:
+    script = "echo start; " * 30 + "/usr/bin/mysql -u app -pX db"
+    assert redactor.redact(["sh", "-c", script])[0] == ["sh", "-c", "<redacted>"]
+
+
+def test_long_shell_string_keeps_what_no_rule_hides(redactor: Redactor) -> None:
+    script = "cd /src && make -j2 all && " * 20 + "PGPASSWORD=pw psql -h db --token abc x"
+    out = redactor.redact(["sh", "-c", script])[0]
+    assert out[2] == script.replace("=pw", "=<redacted>").replace(" abc", " <redacted>")
+    plain = "ls -la /tmp; " * 30
+    assert redactor.redact(["sh", "-c", plain]) == (["sh", "-c", plain], False)

@@ -28,15 +28,19 @@ decide which rules can apply at all and almost every argv stops there. Rules are
 joined string (a NUL stands for an argument boundary), each starting with a literal so the regex
 engine skips to candidates, each linear (possessive quantifiers, fixed-width look-behinds, no
 nested repeats), and each replaced in C (split on the pattern, swap the secret parts). Program
-rules are found by one dict lookup. Patterns given in the configuration that are not built in
-(``enrich.redact_extra``) are applied to each argument separately, and cost what they cost.
+rules are found by one dict lookup. A shell string is split into words only when it holds a
+trigger word or names a program with keyed options. Past a few counts (_MAX_HITS trigger words,
+_MAX_OPTIONS options of a keyed program, _MAX_SHELL_WORDS words of a shell string needing a
+look) an argv is hidden more bluntly rather than looked at longer, so that no argv a local user
+crafts costs more than the bound in bench/results.md. Patterns given in the configuration that
+are not built in (``enrich.redact_extra``) are applied to each argument separately, and cost
+what they cost.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from itertools import compress
 
 __all__ = ["DEFAULT_REDACT_PATTERNS", "DEFAULT_REDACT_VALUE_AFTER", "REDACTED", "Redactor"]
 
@@ -276,6 +280,14 @@ _SSH_OPT_ARGS = frozenset(
 )
 
 _MAX_DEPTH = 4
+# The cost bound (every exec pays this, and a local user chooses the argv): past these counts an
+# argv is not looked at rule by rule. Real command lines stay far below them (the corpus does).
+# An argv with more trigger words than _MAX_HITS, or a keyed program with more options than
+# _MAX_OPTIONS, keeps argv[0] and has every other argument redacted; a shell string of more
+# than _MAX_SHELL_WORDS words is not split into words (see Redactor._long_shell).
+_MAX_HITS = 16
+_MAX_OPTIONS = 64
+_MAX_SHELL_WORDS = 20
 
 # Shell words: one piece per match; adjacent pieces not separated by blanks or operators form a
 # word. Each alternative starts with its own characters, so the scan is linear.
@@ -285,6 +297,9 @@ _PIECE = re.compile(
     r"""|(?P<plain>[^\s'"\\;&|()<>`$]++|\$)""",
     re.S,
 )
+# Shell operators and quotes as blanks: str.split() then gives a shell string's words roughly,
+# at C speed, only to see which programs it names.
+_SHELL_PUNCTUATION_TO_BLANK = str.maketrans(dict.fromkeys(";&|()'\"`<>", " "))
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*+=")
 
 
@@ -394,13 +409,17 @@ class Redactor:
                 )
             else:
                 self._custom_after.append(rx)
+        # Substring tests run at C speed; one regex alternation of them all would not (the
+        # engine tries each alternative at each position).
         self._ci = tuple(sorted({t for ci, _, _ in self._joined for t in ci}))
         self._cs = tuple(sorted({t for _, cs, _ in self._joined for t in cs}))
-        self._plans: dict[tuple[int, ...], tuple[re.Pattern[str], ...]] = {}
+        self._plans: dict[frozenset[str], tuple[re.Pattern[str], ...]] = {}
         self._programs = {
             name: tuple((cond, re.compile(rx)) for cond, rx in rules)
             for name, rules in _PROGRAM_RULES.items()
         }
+        # Programs with keyed options and nested shells, as a long shell string may name them.
+        self._keyed_names = frozenset((*_PROGRAM_RULES, *_SHELLS, "su", "runuser", "ssh"))
 
     def redact(self, args: Sequence[str]) -> tuple[list[str], bool]:
         """argv with secrets replaced, and whether the result differs from args.
@@ -426,28 +445,28 @@ class Redactor:
 
     # -- the built-in rules -------------------------------------------------------------------
 
-    def _plan(self, joined: str) -> tuple[re.Pattern[str], ...]:
+    def _plan(self, joined: str) -> tuple[tuple[re.Pattern[str], ...], int]:
+        """The built-in rules that can match, and how many trigger words occur."""
         low = joined.lower()
-        key = (
-            *compress(range(len(self._ci)), map(low.__contains__, self._ci)),
-            *compress(range(-len(self._cs), 0), map(joined.__contains__, self._cs)),
-        )
-        if not key:
-            return ()
+        ci = [t for t in self._ci if t in low]
+        cs = [t for t in self._cs if t in joined]
+        if not ci and not cs:
+            return (), 0
+        hits = sum(map(low.count, ci)) + sum(map(joined.count, cs))
+        key = frozenset((*ci, *cs))
         plan = self._plans.get(key)
         if plan is None:
-            ci = {self._ci[i] for i in key if i >= 0}
-            cs = {self._cs[i] for i in key if i < 0}
             plan = tuple(
-                rx for tci, tcs, rx in self._joined if ci.intersection(tci) or cs.intersection(tcs)
+                rx
+                for tci, tcs, rx in self._joined
+                if key.intersection(tci) or key.intersection(tcs)
             )
             if len(self._plans) < 4096:
                 self._plans[key] = plan
-        return plan
+        return plan, hits
 
     def _argv(self, args: Sequence[str], joined: str, depth: int) -> list[str] | None:
         """Redacted args (joined is "\\0" + "\\0".join(args)), or None if nothing changed."""
-        plan = self._plan(joined)
         prog_i = _program_index(args, 0)
         prog = _basename(args[prog_i]) if prog_i >= 0 else ""
         rules = self._programs.get(prog)
@@ -458,15 +477,18 @@ class Redactor:
                 shell_i = _shell_string_index(args, prog_i, prog)
             elif prog == "ssh":
                 shell_i, sub_i = _ssh_command(args, prog_i)
-            elif "\0--\0" in joined:
+            elif depth == 0 and "\0--\0" in joined:
                 sub_i = args.index("--", prog_i + 1) + 1 if prog_i >= 0 else -1
-        if not plan and rules is None and shell_i < 0 and sub_i < 0:
-            return None
         shell_str = ""
-        if shell_i >= 0:  # blank it out for the other rules
+        if shell_i >= 0:  # blank it out for the other rules: _shell looks at it
             shell_str = args[shell_i]
             args = [*args[:shell_i], "", *args[shell_i + 1 :]]
             joined = "\0" + "\0".join(args)
+        plan, hits = self._plan(joined)
+        if hits > _MAX_HITS or (rules is not None and joined.count("\0-") > _MAX_OPTIONS):
+            return [args[0], *[REDACTED] * (len(args) - 1)]
+        if not plan and rules is None and shell_i < 0 and sub_i < 0:
+            return None
         new = joined
         if rules is not None:
             offset = sum(map(len, args[:prog_i])) + prog_i
@@ -490,15 +512,14 @@ class Redactor:
     # -- shell command strings ----------------------------------------------------------------
 
     def _shell(self, s: str, depth: int) -> str:
-        low = s.lower()
-        if not (
-            " -" in s
-            or "\t-" in s
-            or any(map(low.__contains__, self._ci))
-            or any(map(s.__contains__, self._cs))
-            or any(map(low.__contains__, _POSITIONAL_PROGRAMS))
+        plan, hits = self._plan("\0" + s)
+        # Without a trigger word only a program's own options can hold a secret.
+        if not (plan or any(map(s.lower().__contains__, _POSITIONAL_PROGRAMS))) and (
+            not (" -" in s or "\t-" in s) or not self._names_keyed(s)
         ):
             return s
+        if s.count(" ") + s.count("\t") + s.count("\n") > _MAX_SHELL_WORDS:
+            return self._long_shell(s, plan, hits)
         out: list[str] = []
         done = 0
         for words in _commands(s):
@@ -520,6 +541,27 @@ class Redactor:
             return s
         out.append(s[done:])
         return "".join(out)
+
+    def _long_shell(self, s: str, plan: tuple[re.Pattern[str], ...], hits: int) -> str:
+        """A shell string too long to split into words within the cost bound: one naming a
+        program with keyed options (mysql -pX ...) or a nested shell is redacted whole; any
+        other gets the built-in rules with its spaces as argument boundaries (quotes are not
+        parsed: a quoted value ends at its first space)."""
+        if self._names_keyed(s) or hits > _MAX_HITS:
+            return REDACTED
+        # Spaces as argument boundaries (quotes aside), so "--token X" is an option and its
+        # value as in an argv; a NUL cannot be in the string, so it maps back exactly.
+        new = "\0" + s.replace(" ", "\0")
+        for rx in plan:
+            new = _apply(rx, new)
+        return new[1:].replace("\0", " ")
+
+    def _names_keyed(self, s: str) -> bool:
+        """Whether a shell string names a program with keyed options, or a nested shell."""
+        words = set(s.translate(_SHELL_PUNCTUATION_TO_BLANK).split())
+        return not words.isdisjoint(self._keyed_names) or not self._keyed_names.isdisjoint(
+            w.rpartition("/")[2] for w in words if "/" in w
+        )
 
     def _argv_words(self, values: list[str], prog_from: int, depth: int) -> list[str] | None:
         if prog_from == 0:
