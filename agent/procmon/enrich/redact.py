@@ -513,13 +513,14 @@ class Redactor:
 
     def _shell(self, s: str, depth: int) -> str:
         plan, hits = self._plan("\0" + s)
+        keyed = self._names_keyed(s)
         # Without a trigger word only a program's own options can hold a secret.
         if not (plan or any(map(s.lower().__contains__, _POSITIONAL_PROGRAMS))) and (
-            not (" -" in s or "\t-" in s) or not self._names_keyed(s)
+            not (" -" in s or "\t-" in s) or not keyed
         ):
             return s
         if s.count(" ") + s.count("\t") + s.count("\n") > _MAX_SHELL_WORDS:
-            return self._long_shell(s, plan, hits)
+            return self._long_shell(s, plan, hits, keyed)
         out: list[str] = []
         done = 0
         for words in _commands(s):
@@ -542,12 +543,12 @@ class Redactor:
         out.append(s[done:])
         return "".join(out)
 
-    def _long_shell(self, s: str, plan: tuple[re.Pattern[str], ...], hits: int) -> str:
+    def _long_shell(self, s: str, plan: tuple[re.Pattern[str], ...], hits: int, keyed: bool) -> str:
         """A shell string too long to split into words within the cost bound: one naming a
         program with keyed options (mysql -pX ...) or a nested shell is redacted whole; any
         other gets the built-in rules with its spaces as argument boundaries (quotes are not
         parsed: a quoted value ends at its first space)."""
-        if self._names_keyed(s) or hits > _MAX_HITS:
+        if keyed or hits > _MAX_HITS:
             return REDACTED
         # Spaces as argument boundaries (quotes aside), so "--token X" is an option and its
         # value as in an argv; a NUL cannot be in the string, so it maps back exactly.
