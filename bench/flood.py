@@ -8,8 +8,8 @@ Every command line differs (bench/execflood.c), so no cache keyed by it helps. R
 with known exit codes run during each load. Then steady fork loads find the highest rate held
 for --seconds with no exit lost.
 
-Usage (root): .venv/bin/python bench/flood.py [--seconds 60]. Writes bench/flood.md and
-bench/out/flood.json. Numbers are printed, never asserted.
+Usage (root): .venv/bin/python bench/flood.py [--seconds 60]. Writes its section of
+bench/results.md and bench/out/flood.json. Numbers are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from monitors import cpu_seconds  # noqa: E402
 from mosquitto import Mosquitto  # noqa: E402
+from results_section import write_section  # noqa: E402
 
 MARKERS = 10
 QUIET_S = 3.0  # the subscriber's output has not grown for this long: the drain is over
@@ -235,7 +236,7 @@ def report(floods: list[FloodResult], steady: list[SteadyResult], secs: float) -
     held = [s for s in steady if s.exits_lost == 0]
     best = max(held, key=lambda s: s.rate) if held else None
     lines = [
-        "# Hostile local load: floods by an unprivileged user",
+        "## Hostile local load: floods by an unprivileged user",
         "",
         f"`make bench-flood` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores): the full"
         " pipeline (agent -> mosquitto -> mosquitto_sub) while a user made for the run floods"
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steady", default="5000,10000,15000", help="steady fork rates to try")
     ap.add_argument("--loads", default=",".join(load.key for load in LOADS))
     ap.add_argument("--procmon", default=str(Path(sys.executable).parent / "procmon"))
-    ap.add_argument("--results", type=Path, default=BENCH / "flood.md")
+    ap.add_argument("--results", type=Path, default=BENCH / "results.md")
     ap.add_argument("--out", type=Path, default=BENCH / "out" / "flood.json")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -315,8 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(
         json.dumps({"floods": [asdict(f) for f in floods], "steady": [asdict(s) for s in steady]})
     )
-    args.results.write_text(report(floods, steady, args.seconds))
-    print(args.results.read_text())
+    text = report(floods, steady, args.seconds)
+    write_section(args.results, "flood", text)
+    print(text)
     return 0
 
 

@@ -42,6 +42,7 @@ from monitors import (
     cpu_seconds,
     peak_rss_kb,
 )
+from results_section import sections
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -623,7 +624,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         raw_path.write_text(json.dumps(data, indent=1))
     md = render_markdown(data, plot_name=args.plot.name)
-    args.results.write_text(md)
+    # bench/flood.py and bench/event_cost.py keep their sections in the same file
+    kept = sections(args.results.read_text()) if args.results.exists() else []
+    args.results.write_text(md + "".join("\n" + section for section in kept))
     render_plot(data, args.plot)
     print(md)
     print(f"wrote {args.results}, {args.plot} and {raw_path}")

@@ -14,8 +14,7 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from procmon.probe.record import RawExec, RawExit
 
@@ -28,8 +27,7 @@ ARGS_LEN = 1024  # PROCMON_ARGS_LEN: /proc seeds are cut like the probe cuts exe
 _NS_PER_S = 1_000_000_000
 
 
-@dataclass(frozen=True, slots=True)
-class ExecInfo:
+class ExecInfo(NamedTuple):  # a tuple: made for every exec, cheaper than a frozen dataclass
     exe: str | None
     args: tuple[str, ...] | None
     args_truncated: bool

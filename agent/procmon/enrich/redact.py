@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import compress
 
 __all__ = ["DEFAULT_REDACT_PATTERNS", "DEFAULT_REDACT_VALUE_AFTER", "REDACTED", "Redactor"]
 
@@ -448,8 +449,8 @@ class Redactor:
     def _plan(self, joined: str) -> tuple[tuple[re.Pattern[str], ...], int]:
         """The built-in rules that can match, and how many trigger words occur."""
         low = joined.lower()
-        ci = [t for t in self._ci if t in low]
-        cs = [t for t in self._cs if t in joined]
+        ci = list(compress(self._ci, map(low.__contains__, self._ci)))  # C loops, no bytecode
+        cs = list(compress(self._cs, map(joined.__contains__, self._cs)))
         if not ci and not cs:
             return (), 0
         hits = sum(map(low.count, ci)) + sum(map(joined.count, cs))
@@ -479,12 +480,15 @@ class Redactor:
                 shell_i, sub_i = _ssh_command(args, prog_i)
             elif depth == 0 and "\0--\0" in joined:
                 sub_i = args.index("--", prog_i + 1) + 1 if prog_i >= 0 else -1
+        plan, hits = self._plan(joined)
         shell_str = ""
+        shell_triggers = bool(plan)  # whether the shell string may hold a trigger word
         if shell_i >= 0:  # blank it out for the other rules: _shell looks at it
             shell_str = args[shell_i]
             args = [*args[:shell_i], "", *args[shell_i + 1 :]]
             joined = "\0" + "\0".join(args)
-        plan, hits = self._plan(joined)
+            if plan:
+                plan, hits = self._plan(joined)
         if hits > _MAX_HITS or (rules is not None and joined.count("\0-") > _MAX_OPTIONS):
             return [args[0], *[REDACTED] * (len(args) - 1)]
         if not plan and rules is None and shell_i < 0 and sub_i < 0:
@@ -506,13 +510,14 @@ class Redactor:
             if nested is not None:
                 out[sub_i:] = nested
         if shell_i >= 0:
-            out[shell_i] = self._shell(shell_str, depth + 1)
+            out[shell_i] = self._shell(shell_str, depth + 1, shell_triggers)
         return out
 
     # -- shell command strings ----------------------------------------------------------------
 
-    def _shell(self, s: str, depth: int) -> str:
-        plan, hits = self._plan("\0" + s)
+    def _shell(self, s: str, depth: int, triggers: bool = True) -> str:
+        """s with secrets replaced; ``triggers`` False: s is known to hold no trigger word."""
+        plan, hits = self._plan("\0" + s) if triggers else ((), 0)
         keyed = self._names_keyed(s)
         # Without a trigger word only a program's own options can hold a secret.
         if not (plan or any(map(s.lower().__contains__, _POSITIONAL_PROGRAMS))) and (
