@@ -84,10 +84,11 @@ bench-storm: setup build/.bench-apt-done
 	$(PY) bench/run.py --configs none,full,full-frozen,probe,probe-frozen,exitsnoop --no-long \
 		--reps 3 --results bench/storm_cost.md --plot bench/storm_cost.png --out bench/out/storm
 # An unprivileged user's floods (fork, exec, 511 args, 1 MB argv) for 60 s each, and the
-# highest steady rate held with no exit lost: bench/flood.md.
+# highest steady rate held with no exit lost: a section of bench/results.md.
 bench-flood: setup
 	$(PY) bench/flood.py
-# One exec's cost on the draining thread (decode, redact, join), per argv shape: bench/event_cost.md.
+# One exec's cost on the draining thread (decode, redact, join), per argv shape: a section of
+# bench/results.md.
 bench-event-cost: setup
 	$(PY) bench/event_cost.py
 build/.bench-apt-done: build/.apt-done
