@@ -37,7 +37,8 @@ from mosquitto import Mosquitto  # noqa: E402
 from results_section import write_section  # noqa: E402
 
 MARKERS = 10
-QUIET_S = 3.0  # the subscriber's output has not grown for this long: the drain is over
+QUIET_S = 3.0  # nothing new published or received for this long: the drain is over
+STATS_TAIL = 256 << 10  # the last stats message is within this many bytes of the end
 MAX_ARG = 131071  # MAX_ARG_STRLEN - 1: the longest single argument the kernel takes
 
 
@@ -127,17 +128,29 @@ class Pipeline:
         return self.out.read_bytes().splitlines()
 
     def stats(self) -> dict[str, Any]:
+        """The last stats message (from the end of the output: it is published every second)."""
         token = f"procmon/{self.host}/stats ".encode()
-        last = [line for line in self.lines() if line.startswith(token)]
+        with open(self.out, "rb") as f:
+            f.seek(max(0, self.out.stat().st_size - STATS_TAIL))
+            tail = f.read()
+        last = [line for line in tail.splitlines() if line.startswith(token)]
         return json.loads(last[-1][len(token) :]) if last else {}
 
     def wait_quiet(self) -> None:
-        size, since = -1, time.monotonic()
-        while time.monotonic() - since < QUIET_S:
+        """Until the agent has published all it saw, and the subscriber's output grows only by
+        the stats (about 500 bytes a second)."""
+        last: tuple[Any, ...] = ()
+        since = time.monotonic()
+        size = self.out.stat().st_size
+        while True:
             time.sleep(0.5)
-            now = self.out.stat().st_size
-            if now != size:
-                size, since = now, time.monotonic()
+            stats = self.stats()
+            now = (stats.get("events_seen"), stats.get("published"), stats.get("spool_depth"))
+            grown, size = self.out.stat().st_size - size, self.out.stat().st_size
+            if now != last or grown > 4096 or now[0] != now[1]:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= QUIET_S:
+                return
 
     def exits_of(self, uid: int) -> set[bytes]:
         """event_ids of the exits of this uid received so far (duplicates folded)."""
@@ -179,6 +192,7 @@ def agent_cpu(pipe: Pipeline) -> float:
 def run_flood(pipe: Pipeline, execflood: Path, user: str, load: FloodLoad, secs: float) -> Any:
     uid = pwd.getpwnam(user).pw_uid
     before = pipe.stats()
+    received_before = len(pipe.exits_of(uid))
     cpu0, t0 = agent_cpu(pipe), time.monotonic()
     cmd = [str(execflood), str(secs), str(load.workers), str(load.nargs), str(load.arglen)]
     flood = subprocess.Popen(["runuser", "-u", user, "--", *cmd], stdout=subprocess.PIPE, cwd="/")
@@ -194,7 +208,9 @@ def run_flood(pipe: Pipeline, execflood: Path, user: str, load: FloodLoad, secs:
     cpu, wall = agent_cpu(pipe) - cpu0, time.monotonic() - t0
     time.sleep(1.5)  # one more stats message
     after = pipe.stats()
-    received = len(pipe.exits_of(uid))
+    received = len(pipe.exits_of(uid)) - received_before
+    # the user's exits: the children, and the generator's workers and main process
+    expected = int(children) + load.workers + 1
     got = pipe.pids_received()
     return FloodResult(
         key=load.key,
@@ -203,7 +219,7 @@ def run_flood(pipe: Pipeline, execflood: Path, user: str, load: FloodLoad, secs:
         seconds=float(seconds),
         rate=int(children) / float(seconds),
         exits_received=received,
-        exits_lost=max(0, int(children) - received),
+        exits_lost=max(0, expected - received),
         markers_lost=sum(pid not in got for pid in markers),
         context_lost=after["dropped_context_kernel"] - before["dropped_context_kernel"],
         exec_cache_evicted=after["exec_cache_evicted"] - before["exec_cache_evicted"],
@@ -215,7 +231,8 @@ def run_steady(pipe: Pipeline, forkstorm: Path, user: str, rate: int, secs: floa
     uid = pwd.getpwnam(user).pw_uid
     before = len(pipe.exits_of(uid))
     cpu0, t0 = agent_cpu(pipe), time.monotonic()
-    cmd = [str(forkstorm), str(int(rate * secs)), "2", str(rate)]
+    workers = 2
+    cmd = [str(forkstorm), str(int(rate * secs)), str(workers), str(rate)]
     out = subprocess.run(
         ["runuser", "-u", user, "--", *cmd], capture_output=True, check=True, cwd="/"
     ).stdout
@@ -227,7 +244,7 @@ def run_steady(pipe: Pipeline, forkstorm: Path, user: str, rate: int, secs: floa
         target_rate=rate,
         rate=int(children) / float(seconds),
         children=int(children),
-        exits_lost=max(0, int(children) - received),
+        exits_lost=max(0, int(children) + workers + 1 - received),
         agent_cpu_pct=100 * cpu / wall,
     )
 
@@ -242,8 +259,9 @@ def report(floods: list[FloodResult], steady: list[SteadyResult], secs: float) -
         " pipeline (agent -> mosquitto -> mosquitto_sub) while a user made for the run floods"
         f" the machine for {secs:.0f} s per load, as fast as it can. Every command line differs"
         f" (bench/execflood.c). {MARKERS} root markers with known exit codes run during each"
-        " load. Exits lost: the flood's children (counted by the generator) minus their"
-        " exits received at the subscriber. Context lost: the agent's `dropped_context_kernel`"
+        " load. Exits lost: the flood's exits (its children, counted by the generator, and"
+        " its own workers and main process) minus the user's exits received at the"
+        " subscriber, each event_id once. Context lost: the agent's `dropped_context_kernel`"
         " (shed past the ring's context share, or not reserved); those exits arrive with null"
         " `exe`/`args`. Agent CPU: % of one core over the load and its drain.",
         "",
