@@ -42,6 +42,7 @@ from probe_collector import collect  # noqa: F401 - a fixture
 pytestmark = pytest.mark.bpf
 
 MARKERS = 40
+FLOOD_S = 20  # the end-to-end flood: long enough for the markers on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -78,16 +79,19 @@ def start_flood(
 
 
 def run_markers(flood: subprocess.Popen[str], spacing_s: float) -> dict[int, int]:
-    """Root processes with known exit codes, run while the flood lasts: pid -> code."""
+    """Root processes with known exit codes, up to MARKERS, each started while the flood
+    lasts (a loaded machine runs them slower): pid -> code."""
     markers: dict[int, int] = {}
     time.sleep(0.5)  # the flood is under way
     for i in range(MARKERS):
+        if flood.poll() is not None:
+            break
         code = 100 + i
         marker = subprocess.Popen(["/bin/sh", "-c", f"exit {code}"])
         assert marker.wait() == code
         markers[marker.pid] = code
         time.sleep(spacing_s)
-    assert flood.poll() is None, "the flood ended before the markers: lengthen it"
+    assert len(markers) >= MARKERS // 2, f"only {len(markers)} markers during the flood"
     return markers
 
 
@@ -103,7 +107,7 @@ def stalled_flood(
     """An exec flood while nobody drains the ring (an agent that is slow, stopped or busy):
     the probe, the markers (pid -> code) and the markers' exits that arrived."""
     c = collect(context_fill_pct=context_fill_pct)  # attached, not polled until the end
-    flood = start_flood(execflood, user, 4, 4, 511, 1)
+    flood = start_flood(execflood, user, 6, 4, 511, 1)
     markers = run_markers(flood, 0.05)
     flood_rate(flood)
     c.poll_until(lambda evs: markers.keys() <= {e.pid for e in evs}, timeout=10)
@@ -114,7 +118,7 @@ def test_stalled_consumer_exec_flood_costs_context_not_exits(
     bpf_ready: None, collect: Callable[..., Any], execflood: Path, flood_user: str
 ) -> None:
     """The probe keeps half the ring for exits: the flood fills only the context share, and
-    every exit still fits. 4 s of 1.3 KB exec records is far more than the 2 MiB share, so
+    every exit still fits. 6 s of 1.3 KB exec records is far more than the 2 MiB share, so
     context was shed, and counted."""
     probe, markers, arrived = stalled_flood(collect, execflood, flood_user, 50)
     assert arrived == markers
@@ -148,7 +152,7 @@ def test_unprivileged_exec_flood_loses_no_root_exit_end_to_end(
     exits_topic = f"procmon/{host}/exits"
     collector = Collector(broker, [exits_topic, f"procmon/{host}/stats"])
     try:
-        flood = start_flood(execflood, flood_user, 10, 8, 511, 1)
+        flood = start_flood(execflood, flood_user, FLOOD_S, 8, 511, 1)
         markers = run_markers(flood, 0.2)
         rate = flood_rate(flood)
         events: dict[int, dict[str, Any]] = {}
@@ -180,7 +184,7 @@ def test_unprivileged_exec_flood_loses_no_root_exit_end_to_end(
         assert stats["dropped_kernel"] == 0, stats
         uid = pwd.getpwnam(flood_user).pw_uid
         flood_exits = [e for e in events.values() if e["uid"] == uid and e["comm"] == "true"]
-        assert len(flood_exits) > 0.5 * rate * 10, "the flood's own exits must arrive too"
+        assert len(flood_exits) > 0.5 * rate * FLOOD_S, "the flood's own exits must arrive too"
         unexplained = sum(e["exe"] is None for e in flood_exits)
         counted = stats["dropped_context_kernel"] + stats["exec_cache_evicted"]
         assert unexplained <= counted, json.dumps(stats)

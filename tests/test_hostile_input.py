@@ -141,7 +141,7 @@ def exec_bytes(filename: bytes, argv: list[bytes], truncated: bool) -> bytes:
     blob = b"".join(a + b"\0" for a in argv)[:1024]
     header = EXEC_HEADER.pack(
         KIND_EXEC, EXEC_ARGS_TRUNCATED if truncated else 0, 1, 4_000_000_000, 4242,
-        len(blob), len(blob), filename[:255].ljust(256, b"\0"),
+        len(blob), len(blob), 1, 0, filename[:255].ljust(256, b"\0"),
     )  # fmt: skip
     return header + blob
 
