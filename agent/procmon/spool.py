@@ -1,19 +1,8 @@
 """The durable, bounded spool: serialized events wait here until the broker acknowledges them.
 
-SQLite in WAL mode with ``synchronous=NORMAL``: one transaction per appended batch, so an
-agent crash (SIGKILL, OOM) loses nothing that was appended; a power loss may lose the last
-commits. Rows are replayed in id order (AUTOINCREMENT keeps ids increasing even after the
-table empties, so a publisher's "sent up to id N" cursor stays valid) and deleted by id on
-PUBACK. When full (max_events rows, or max_bytes of payload), the oldest rows not yet handed to
-the publisher are dropped and counted.
-
-A spool file that SQLite cannot read is moved aside to ``<path>.corrupt-<unix time>`` and
-replaced by an empty one; the move is counted and logged.
-
-A full disk: batches that cannot be written are counted (``dropped_error``) and logged once per
-episode. Deleting acknowledged rows needs room in the WAL too, so acks that cannot be applied are
-remembered; once every row left in the spool has been acknowledged, the file is replaced by a
-fresh one (ids continue where they were), which gives the disk back without losing anything.
+SQLite in WAL mode, one transaction per batch: an agent crash loses nothing appended. Ids only
+grow, even across a replaced file, so a publisher's cursor stays valid. Layout, bounds and the
+full-disk and corrupt-file rules: docs/design.md.
 """
 
 from __future__ import annotations
@@ -144,8 +133,8 @@ class Spool:
             if mode != "wal":
                 raise sqlite3.DatabaseError(f"journal mode stays {mode!r}, WAL needed")
             db.execute("PRAGMA synchronous=NORMAL")
-            # Fold the WAL back every 1 MB, not SQLite's 4 MB: a spool that has drained must
-            # not need megabytes of free disk to take the next events.
+            # Fold the WAL back sooner than SQLite's default: a drained spool must not need
+            # much free disk to take the next events.
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
@@ -264,9 +253,8 @@ class Spool:
             return ids, dropped
 
     def _reclaim_wal(self) -> bool:
-        """On a full disk, fold the WAL into the database and truncate it (at most once a
-        second): with the broker up the rows in it are mostly deleted ones, and the default
-        auto-checkpoint lets the WAL grow to 4 MB first."""
+        """On a full disk, fold the WAL back and truncate it (at most once a second): with the
+        broker up its pages are mostly deleted rows."""
         now = time.monotonic()
         if now - self._last_reclaim < 1.0:
             return False

@@ -1,10 +1,8 @@
 """cgroup v2 id -> path (and what the path says: unit, container), surviving removal.
 
-Seeded by walking the cgroup2 mount at start and kept current from the probe's mkdir and
-rmdir records. A removed cgroup stays resolvable for a grace period: a short-lived
-container's cgroup goes away right after its last process, before that exit is consumed.
-Paths are as the agent's cgroup namespace shows them: the probe's mkdir path is the host's,
-so a new cgroup is named under its parent's known path.
+Seeded from the cgroup2 mount, then kept current from the probe's mkdir and rmdir records. A
+removed cgroup stays resolvable for a grace period: a short-lived container's cgroup goes away
+before its last exit is consumed.
 """
 
 from __future__ import annotations

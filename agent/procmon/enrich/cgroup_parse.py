@@ -1,9 +1,7 @@
 """Which systemd unit, container and Kubernetes pod a cgroup v2 path belongs to.
 
-An exit record carries the cgroup path of the process; an operator asks "which service, which
-container, which pod". systemd, the container runtimes and kubelet's two cgroup drivers each
-name cgroups in a fixed way, so only those names are recognised: anything else is None rather
-than a guess, and no input makes the parser raise (paths come from the kernel and from users).
+Only the fixed naming schemes of systemd, the container runtimes and kubelet's two cgroup
+drivers are recognised: anything else is None, not a guess, and no input makes it raise.
 """
 
 from __future__ import annotations
@@ -43,9 +41,8 @@ _RUNTIME_BY_PREFIX = {
     "crio": "cri-o",
     "libpod": "podman",
 }
-# kubelet, systemd driver: the slice name spells its ancestors joined by "-" and the uid with
-# "_" for "-" (kubepods-burstable-pod<uid>.slice, or kubelet-kubepods-... under a cgroup root
-# such as kind's /kubelet.slice). Guaranteed QoS pods have no QoS word.
+# kubelet, systemd driver: ancestors joined by "-" and the uid with "_" for "-", perhaps under a
+# root slice (kind's kubelet-kubepods-...); Guaranteed QoS pods have no QoS word.
 _POD_SLICE = re.compile(
     r"(?:[A-Za-z0-9_:.]+-)*kubepods(?:-burstable|-besteffort)?-pod"
     rf"(?P<uid>{_uid('_')})\.slice"
@@ -69,10 +66,8 @@ _NOTHING = CgroupContext(unit=None, container_id=None, container_runtime=None, p
 
 
 def _unit(parts: list[str]) -> str | None:
-    """The host's unit is reached from the root through slices only: the first component that is
-    not a slice is the unit if it is a .service or .scope, else there is none (a cgroupfs driver
-    directory such as /docker/<id> or /kubepods/... is not a systemd unit, and a unit below it
-    belongs to a systemd inside the container, not to the host)."""
+    """The first component past the slices, if it is a .service or .scope: a unit below anything
+    else (/docker/<id>, /kubepods/...) belongs to a systemd inside a container, not the host."""
     for part in parts:
         if part.endswith(".slice"):
             continue
@@ -96,10 +91,8 @@ def _is_pod_dir(parts: list[str], i: int) -> str | None:
 def parse_cgroup_path(path: str) -> CgroupContext:
     """Unit, container and pod of a cgroup v2 path relative to the hierarchy root ("/a/b").
 
-    A path that does not start with "/" is not such a path and gives all None. Container and pod
-    are the innermost (last) match anywhere in the path. A path with a ".." component (as
-    /proc/PID/cgroup shows for a process outside the reader's cgroup namespace) has no known
-    position under the root, so its unit is None; its container and pod names still count.
+    All None unless the path starts with "/"; container and pod are the innermost match. A ".."
+    component (a process outside our cgroup namespace) has no known place: no unit, the rest counts.
     """
     if not path.startswith("/"):
         return _NOTHING

@@ -1,11 +1,8 @@
 """What each live process is: its executable and args from its last exec.
 
-Filled from exec records as they arrive and, at start, from /proc for processes that were
-already running. An exit takes its own entry; a process that never exec'd takes the entry of
-the ancestor whose exec its image comes from, which the probe names (image_pid in
-struct exit_record), and which of its execs (image_exec_id): when the record of a later
-exec was lost, the entry of an earlier one is not taken for it. Bounded: the least recently set
-entries go first (counted), so missed exits cannot grow it.
+Filled from exec records and, at start, from /proc. A process that never exec'd takes the entry
+of the ancestor (and the exec) its image comes from, as the probe names them: never an older
+exec's entry for a lost one. Bounded, least recently set first out (counted).
 """
 
 from __future__ import annotations

@@ -1,40 +1,10 @@
 """Secrets out of command lines before an exit record leaves the host.
 
-argv is world-readable on the host but an exit record travels to a broker and to whoever
-subscribes, so passwords, tokens and keys that people put on command lines are replaced by
-REDACTED. Rules err towards hiding too much: a redacted harmless word costs a little reading, a
-leaked password costs a rotation. What is caught (tests/redact_corpus.py has the real-world lines):
-
-- generic options whose last word is a secret word, joined or separated (``--db-password=x``,
-  ``--auth-token x``, ``-storepass x``; not ``--password-file``, ``--password-stdin``,
-  ``--no-password``, ``--token-file``);
-- ``KEY=value`` (environment assignments to the end of the argument, ``key=value`` in query
-  strings and forms up to ``&``/``,``/``;``/space), HTTP headers (``Authorization``, ``Cookie``,
-  ``X-API-Key``, ``PRIVATE-TOKEN``, ...), JSON ``"password": "..."``, URL passwords, JWTs;
-- vendor token formats anywhere (AWS, GitHub, GitLab, Slack, Stripe, Google, Vault, OpenAI,
-  npm, PyPI, SendGrid, ..., PEM private keys), after gitleaks' and trufflehog's rules;
-- options that are secrets only for some programs, keyed on the program (argv[0]'s basename, also
-  after ``sudo``, ``env VAR=x``, ``exec``, ...): ``mysql -pX``, ``sshpass -p X``, ``redis-cli -a
-  X``, ``docker login -p X``, ``ldapsearch -w X``, ``sqlcmd -P X``, ``openssl -passin pass:X``,
-  ``curl -u user:X``, ``smbclient -U user%X``, ``sqlplus user/X@db``, ...;
-- the same inside shell command strings (``sh -c``, ``bash -lc``, ``su -c``, ``ssh host cmd``):
-  the string is split into words (quotes respected; ``;``, ``&&``, ``||``, ``|`` start a new
-  command) and values are replaced in place, the rest of the string byte for byte. A value in a
-  shell string ends where its word ends, so ``PGPASSWORD=x psql -h db`` keeps ``psql -h db``;
-  a quoted value keeps its quotes: ``PGPASSWORD='a b' psql`` -> ``PGPASSWORD='<redacted>' psql``.
-
-Cost (this runs for every exec): argv is joined with NUL once; a few substring tests (C speed)
-decide which rules can apply at all and almost every argv stops there. Rules are regexes over the
-joined string (a NUL stands for an argument boundary), each starting with a literal so the regex
-engine skips to candidates, each linear (possessive quantifiers, fixed-width look-behinds, no
-nested repeats), and each replaced in C (split on the pattern, swap the secret parts). Program
-rules are found by one dict lookup. A shell string is split into words only when it holds a
-trigger word or names a program with keyed options. Past a few counts (_MAX_HITS trigger words,
-_MAX_OPTIONS options of a keyed program, _MAX_SHELL_WORDS words of a shell string needing a
-look) an argv is hidden more bluntly rather than looked at longer, so that no argv a local user
-crafts costs more than the bound in bench/results.md. Patterns given in the configuration that
-are not built in (``enrich.redact_extra``) are applied to each argument separately, and cost
-what they cost.
+argv is world-readable on the host, but an exit record travels to a broker and its subscribers.
+Rules err towards hiding too much: a hidden harmless word costs a little reading, a leaked
+password a rotation. This runs for every exec and a local user picks the argv, so its cost is
+bounded. What is caught and how the bound holds: docs/design.md; real-world lines are in
+tests/redact_corpus.py.
 """
 
 from __future__ import annotations
@@ -82,9 +52,8 @@ _JSON_KEYS = (*_OPT_WORDS, "pass", "_pass", "apikey", "privatekey", "private_key
 _NOT_SECRET_OPT = r"(?!--?(?:no|ask|skip|prompt|with)-|-(?:store|key)passwd(?![^\0]))"
 _SCHEMES = r"(?:bearer|basic|token|digest|negotiate|ntlm|aws4-hmac-sha256|bot|apikey|sso-key|otp)"
 
-# Built-in patterns: the configuration's default for `enrich.redact`. Each has two groups, the
-# part kept (may be empty) and `secret`, and matches inside the NUL-joined argv, where "\0"
-# is an argument boundary (applied to one argument, the same rules see one argument).
+# Built-in patterns, the default of `enrich.redact`: two groups each (the part kept, `secret`),
+# matched in the NUL-joined argv, where "\0" is an argument boundary.
 DEFAULT_REDACT_PATTERNS: tuple[str, ...] = (
     # --password=VALUE, --db-password=VALUE, -storepass=VALUE: the rest of the argument.
     rf"(?i)(\0{_NOT_SECRET_OPT}--?[a-z0-9_.-]*+={_lb(_EQ_WORDS, '=')})(?P<secret>[^\0]+)",
@@ -177,10 +146,8 @@ _PATTERN_TRIGGERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = dict(
     )
 )
 
-# An argument fully matching one of these makes the next argument secret: --password VALUE,
-# --db-password VALUE, --auth-token VALUE, -storepass VALUE; not --password-file, --no-password,
-# --ask-pass, not -p (mysql's password, but ssh's, psql's and docker's port: see _PROGRAMS), not
-# --auth (a flag for mongod), not --pass (rarely an option).
+# An argument fully matching these hides the next (--password X, --auth-token X). Not -p (a port
+# for ssh, psql, docker: see _PROGRAM_RULES), --auth (a mongod flag) or --pass (rarely an option).
 DEFAULT_REDACT_VALUE_AFTER: tuple[str, ...] = (
     rf"(?i){_NOT_SECRET_OPT}--?[a-z0-9_.-]*(?:password|passwd|passphrase|secret|token"
     r"|api[-_]?key|access[-_]key|secret[-_]key|account[-_]key|secret[-_]id|bearer|storepass"
@@ -281,11 +248,8 @@ _SSH_OPT_ARGS = frozenset(
 )
 
 _MAX_DEPTH = 4
-# The cost bound (every exec pays this, and a local user chooses the argv): past these counts an
-# argv is not looked at rule by rule. Real command lines stay far below them (the corpus does).
-# An argv with more trigger words than _MAX_HITS, or a keyed program with more options than
-# _MAX_OPTIONS, keeps argv[0] and has every other argument redacted; a shell string of more
-# than _MAX_SHELL_WORDS words is not split into words (see Redactor._long_shell).
+# The cost bound: past these counts an argv is hidden bluntly (argv[0] kept; long shell strings
+# go to Redactor._long_shell) rather than looked at longer. Real command lines stay far below.
 _MAX_HITS = 16
 _MAX_OPTIONS = 64
 _MAX_SHELL_WORDS = 20
@@ -426,9 +390,8 @@ class Redactor:
         """argv with secrets replaced, and whether the result differs from args.
 
         Built-in rules see the whole argv (an option and its value are two arguments); custom
-        patterns are applied to each argument with re.sub, and an argument that full-matches a
-        custom value_after pattern makes the next argument exactly REDACTED. A value redacted
-        that way is a value, not an option, and does not itself hide the one after.
+        patterns see one argument at a time, and a custom value_after match hides the next
+        argument, which hides nothing itself.
         """
         if not args:
             return [], False
@@ -549,10 +512,8 @@ class Redactor:
         return "".join(out)
 
     def _long_shell(self, s: str, plan: tuple[re.Pattern[str], ...], hits: int, keyed: bool) -> str:
-        """A shell string too long to split into words within the cost bound: one naming a
-        program with keyed options (mysql -pX ...) or a nested shell is redacted whole; any
-        other gets the built-in rules with its spaces as argument boundaries (quotes are not
-        parsed: a quoted value ends at its first space)."""
+        """A shell string too long to split into words within the cost bound: redacted whole if
+        it names a keyed program or a shell, else the built-in rules with spaces as boundaries."""
         if keyed or hits > _MAX_HITS:
             return REDACTED
         # Spaces as argument boundaries (quotes aside), so "--token X" is an option and its

@@ -91,12 +91,11 @@ CGROUP_PATH_LEN = 512
 _KIND = struct.Struct("<I")
 
 
-# A poll hands over at most this many records (a decoded record takes ~600 B of Python
-# memory: a full 4 MiB ring would be ~15 MB at once); a full batch means more may be queued.
+# A poll hands over at most this many records, so a full ring is not decoded into memory at
+# once; a full batch means more may be queued.
 MAX_BATCH = 1024
-# What on_sample returns to stop libbpf's consume loop once a batch is full. libbpf has
-# already advanced past that record (it is kept), stops and returns this code; the rest
-# stays queued in the ring for the next poll.
+# on_sample returns this to stop libbpf's consume loop once a batch is full: the record just
+# taken is kept, the rest stays queued in the ring for the next poll.
 BATCH_FULL = -errno.EAGAIN
 
 

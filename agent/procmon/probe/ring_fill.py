@@ -1,9 +1,7 @@
 """How full a BPF ring buffer is, read from its position pages without consuming anything.
 
-A BPF ring buffer map exposes its consumer position on the first page and its producer
-position on the second (the kernel's layout, the one libbpf maps). Both are mapped read-only
-here: reading them is two loads, no syscall, so a consumer that leaves records queued on
-purpose can watch the backlog as often as it likes.
+The consumer and producer positions (first and second page, the kernel's layout) are mapped
+read-only: a look is two loads and no syscall, so a deferring consumer can look often.
 """
 
 from __future__ import annotations

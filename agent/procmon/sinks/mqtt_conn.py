@@ -1,10 +1,8 @@
-"""Reaching the broker for the MQTT sink: TLS settings, the TCP + TLS + CONNECT/CONNACK handshake,
-the non-blocking I/O of an established connection, the reconnect backoff, and reason codes in
-the words users saw before (paho's names, which ``describe_refusal`` builds its lines from).
+"""Reaching the broker: TLS, the non-blocking connect handshake, a Link's I/O, backoff and
+reason codes (worded as paho named them, which ``describe_refusal`` relies on).
 
-The handshake runs on the sink's network thread and is non-blocking too, so a connect in
-progress ends as soon as the sink is closed (``stop_fd`` becomes readable). An established
-``Link`` never blocks; the sink uses it from whichever thread holds its lock.
+A connect in progress ends as soon as ``stop_fd`` is readable; an established ``Link`` never
+blocks, so the sink may use it from whichever thread holds its lock.
 """
 
 from __future__ import annotations

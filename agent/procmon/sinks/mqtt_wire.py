@@ -1,12 +1,7 @@
 """The MQTT 3.1.1 and 5 packets a QoS 1 publisher needs, as pure functions on bytes.
 
-Encoders for what the client sends (CONNECT, PUBLISH, PINGREQ, DISCONNECT) and an incremental
-decoder for what a broker sends back to a client that never subscribes (CONNACK, PUBACK,
-PINGRESP and, in MQTT 5, DISCONNECT). Nothing here touches a socket, a clock or a lock.
-
-``PublishEncoder`` is the hot path: topic, flags and MQTT 5 properties are encoded once, so a
-message costs a few bytearray appends; ``Decoder.feed`` parses any number of packets from one
-read and keeps an incomplete tail for the next one.
+Encoders for CONNECT, PUBLISH, PINGREQ, DISCONNECT; an incremental decoder for what a broker
+sends a client that never subscribes. No sockets, clocks or locks here.
 """
 
 from __future__ import annotations
@@ -226,7 +221,7 @@ class PublishEncoder:
     ) -> None:
         """Append one PUBLISH to ``out`` (packet_id is ignored for QoS 0)."""
         length = self._fixed_length + len(payload)
-        # encode_varint, inlined for the one- and two-byte lengths events have (under 16 KiB).
+        # encode_varint, inlined for the one- and two-byte lengths events have.
         if length < 128:
             header = bytes((self._first | (dup << 3), length))
         elif length < 16384:
@@ -392,12 +387,9 @@ def _reason_and_properties(body: memoryview) -> tuple[int, Properties]:
 
 
 class Decoder:
-    """Packets from a byte stream that arrives in arbitrary pieces.
-
-    ``feed`` returns every packet completed by the new bytes and keeps the rest, so one
-    ``recv`` of any size yields all the PUBACKs it holds, whatever their boundaries. A read
-    that is nothing but successful PUBACKs of one form comes back as one ``PubAcks``.
-    """
+    """Packets from a byte stream that arrives in arbitrary pieces: ``feed`` returns every
+    packet completed so far and keeps the rest; a leading run of successful PUBACKs comes back
+    as one ``PubAcks``."""
 
     def __init__(self, protocol: int, max_packet: int = MAX_INCOMING_PACKET) -> None:
         self._v5 = protocol == PROTOCOL_5
