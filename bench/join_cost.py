@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from procmon.probe import BTF_PATH, libbpf
+from procmon.probe import libbpf
+from procmon.probe.btf import BTF_PATH
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -59,7 +60,7 @@ class LoadedObject:
         bpf.bpf_obj_get_info_by_fd.restype = ctypes.c_int
         bpf.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
         self._bpf = bpf
-        opts = libbpf.ObjectOpenOpts(btf_custom_path=BTF_PATH.encode())
+        opts = libbpf.ObjectOpenOpts(btf_custom_path=str(BTF_PATH).encode())
         opts.sz = ctypes.sizeof(opts)
         self._obj = libbpf.check_ptr(
             bpf.bpf_object__open_file(str(path).encode(), ctypes.byref(opts)), f"opening {path}"

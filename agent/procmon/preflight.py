@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ctypes.util
+import importlib.util
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from procmon.probe import BTF_PATH
+from procmon.probe import bcc, bcc_guard
+from procmon.probe.btf import BTF_PATH
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 TRACEFS = "/sys/kernel/tracing"
@@ -31,7 +34,7 @@ def effective_caps() -> int:
 
 
 def check_btf() -> CheckLine:
-    ok = os.path.exists(BTF_PATH)
+    ok = BTF_PATH.exists()
     return CheckLine(
         "BTF",
         ok,
@@ -75,3 +78,64 @@ def check_libbpf() -> CheckLine:
 
 def host_lines() -> list[CheckLine]:
     return [check_btf(), check_tracefs(), check_caps(), check_libbpf()]
+
+
+def bcc_lines(source: Path | None = None) -> list[CheckLine]:
+    """bcc's own preconditions: does it import, are headers found, does the offset guard pass.
+    The guard compiles the probe's headers with bcc (a few seconds; root)."""
+    lines: list[CheckLine] = []
+    try:
+        bpf_cls = bcc.import_bcc()
+        spec = importlib.util.find_spec("bcc")
+        where = Path(str(spec.origin if spec else "?")).parent
+        lines.append(CheckLine("bcc python module", True, f"imported from {where}"))
+    except ImportError as exc:
+        bpf_cls = None
+        lines.append(CheckLine("bcc python module", False, str(exc)))
+
+    headers = bcc_guard.find_headers()
+    if headers is None:
+        release = os.uname().release
+        detail = f"none for {release}: install linux-headers-{release} or set BCC_KERNEL_SOURCE"
+        lines.append(CheckLine("kernel headers", False, detail))
+    else:
+        version = f" (UTS_RELEASE {headers.release})" if headers.release else ""
+        lines.append(
+            CheckLine("kernel headers", True, f"{headers.path} via {headers.how}{version}")
+        )
+
+    if bpf_cls is None or headers is None:
+        lines.append(CheckLine("bcc offset guard", False, "not run: needs bcc and kernel headers"))
+        return lines
+    try:
+        src = source or bcc.bundled_source()
+        module = bpf_cls(
+            text=(src.read_text() + bcc_guard.offset_functions()).encode(),
+            cflags=[f"-I{src.parent}", "-DPROCMON_OFFSETS_ONLY"],
+        )
+        try:
+            lines.append(CheckLine("bcc offset guard", True, bcc_guard.guard(module.dump_func)))
+        finally:
+            module.cleanup()
+    except bcc_guard.GuardError as exc:
+        lines.append(CheckLine("bcc offset guard", False, str(exc)))
+    except Exception as exc:  # bcc raises bare Exceptions; clang's errors went to stderr
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines.append(
+            CheckLine("bcc offset guard", False, f"could not compile the headers: {first}")
+        )
+    return lines
+
+
+def probe_line(backend: str) -> CheckLine:
+    """The real proof: load and attach the probe, then detach."""
+    from procmon.probe import ProbeKnobs, open_probe
+
+    try:
+        probe = open_probe(backend, ProbeKnobs())
+    except (OSError, ImportError, RuntimeError) as exc:
+        return CheckLine(f"probe ({backend})", False, str(exc))
+    detail = f"attached in {probe.attach_seconds:.3f} s; this host would use it"
+    probe.detach()
+    probe.close()
+    return CheckLine(f"probe ({backend})", True, detail)

@@ -6,18 +6,15 @@ records; procmon.event turns them into ExitEvents.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Protocol
 
+from procmon.probe.btf import BTF_PATH
 from procmon.probe.knobs import ProbeKnobs
 from procmon.probe.record import RawCgroup, RawExec, RawExit, RawRecord
 from procmon.probe.ring_fill import RingFill
 
-BTF_PATH = "/sys/kernel/btf/vmlinux"
-
 __all__ = [
-    "BTF_PATH",
     "Probe",
     "ProbeKnobs",
     "RawCgroup",
@@ -46,7 +43,7 @@ def choose_backend(requested: str) -> str:
     """auto: CO-RE where the kernel has BTF, else bcc."""
     if requested != "auto":
         return requested
-    return "core" if os.path.exists(BTF_PATH) else "bcc"
+    return "core" if BTF_PATH.exists() else "bcc"
 
 
 def open_probe(backend: str, knobs: ProbeKnobs, pin_dir: Path | None = None) -> Probe:

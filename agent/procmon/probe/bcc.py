@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import errno
 import logging
 import os
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from procmon.probe import bcc_guard
+from procmon.probe.errors import explain
 from procmon.probe.knobs import ProbeKnobs
 from procmon.probe.record import (
     COUNTER_CONTEXT_DROPPED,
@@ -45,6 +45,7 @@ CONTEXT_RAW_TRACEPOINTS = (
     ("cgroup_mkdir", "procmon_cgroup_mkdir_raw"),
     ("cgroup_rmdir", "procmon_cgroup_rmdir_raw"),
 )
+_GRANT = "grant CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (bcc needs it for tracefs)"
 _TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
 
@@ -134,7 +135,7 @@ def compile_module(source: Path, flags: list[str]) -> Any:
     try:
         return bpf_cls(text=text.encode(), cflags=flags)
     except Exception as exc:  # bcc raises a bare Exception; clang's errors went to stderr
-        raise _explain(exc, f"compiling {source} with bcc") from exc
+        raise explain(exc, f"bcc backend: compiling {source}", _GRANT) from exc
 
 
 def compile_probe(
@@ -220,7 +221,7 @@ class BccProbe:
         try:
             self._bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
         except Exception as exc:
-            raise _explain(exc, f"attaching {fn} to {tp}") from exc
+            raise explain(exc, f"bcc backend: attaching {fn} to {tp}", _GRANT) from exc
         self._attached = "tracepoint"
         self.program = f"bcc:{fn}"
 
@@ -312,16 +313,3 @@ class BccProbe:
             self.detach()
             self._bpf.cleanup()
             self._bpf = None
-
-
-def _explain(exc: Exception, doing: str) -> Exception:
-    """One line naming what failed; permission problems say which capabilities are needed."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    err = getattr(exc, "errno", None)
-    if err in (errno.EPERM, errno.EACCES) or "Operation not permitted" in text:
-        who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
-        return PermissionError(
-            f"bcc backend: {doing} was refused for {who} ({text}): run as root or grant "
-            "CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (bcc needs it for tracefs)"
-        )
-    return RuntimeError(f"bcc backend: {doing} failed: {text}")

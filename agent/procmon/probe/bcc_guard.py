@@ -1,23 +1,14 @@
 """Refuse to run the bcc probe when the kernel headers do not describe the running kernel.
 
-bcc compiles the probe against kernel headers. Headers from another build make every
-``task->field`` read land on the wrong offset and return silent garbage (measured: Debian 6.1
-headers on a 6.18 kernel gave ppid 0, a wrong tgid and exit code 0). So, before attaching:
-
-- where the kernel has BTF, the offsets bcc's clang computed from the headers for every field
-  the probe reads are compared with the offsets in /sys/kernel/btf/vmlinux;
-- where it has none, the headers' UTS_RELEASE must equal ``uname -r``.
-
-The header offsets come from the same compilation as the probe: ``offset_functions()`` appends
-one ``return offsetof(...)`` function per field, and ``header_offsets()`` reads each constant
-back from the compiled bytecode (``BPF.dump_func``), so nothing is loaded into the kernel.
-A bitfield has no offsetof: its function returns the field read through its argument, and the
-bit offset is read from that load and its shifts instead.
+Headers from another build make every ``task->field`` read land on the wrong offset and return
+silent garbage. Where the kernel has BTF, the offsets bcc's clang computed for every field the
+probe reads are compared with BTF's; without BTF, the headers' UTS_RELEASE must equal
+``uname -r``. The header offsets are read back from the same compilation as the probe
+(``offset_functions``), so nothing is loaded into the kernel.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import struct
@@ -25,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-BTF_PATH = Path("/sys/kernel/btf/vmlinux")
+from procmon.probe.btf import BTF_PATH, Btf, BtfError
 
 # Every field exit.bcc.c reads, as "struct.member[.member...]"; "sizeof struct" for the one
 # array stride it uses; "bit struct.member" for a bitfield, compared by bit offset. Keep in step
@@ -161,129 +152,6 @@ def header_offsets(dump_func: Callable[[bytes], bytes]) -> dict[str, int]:
     return out
 
 
-# --- the BTF side ---------------------------------------------------------------------------
-
-_KIND_STRUCT, _KIND_UNION = 4, 5
-_KIND_TYPEDEF, _KIND_VOLATILE, _KIND_CONST, _KIND_RESTRICT, _KIND_TYPE_TAG = 8, 9, 10, 11, 18
-# Bytes after the 12-byte common header: fixed, and per vlen item.
-_EXTRA: dict[int, tuple[int, int]] = {
-    1: (4, 0),  # INT
-    3: (12, 0),  # ARRAY
-    4: (0, 12),  # STRUCT
-    5: (0, 12),  # UNION
-    6: (0, 8),  # ENUM
-    13: (0, 8),  # FUNC_PROTO
-    14: (4, 0),  # VAR
-    15: (0, 12),  # DATASEC
-    17: (4, 0),  # DECL_TAG
-    19: (0, 12),  # ENUM64
-}
-
-
-@dataclass(frozen=True)
-class _Type:
-    kind: int
-    name_off: int
-    size_or_type: int
-    pos: int  # where its members start in the type section
-    vlen: int
-    kflag: int
-
-
-class Btf:
-    """The few things the guard needs from a BTF blob: struct layouts by name.
-
-    vmlinux has over 100k types; only the header of each is decoded up front, members and
-    names on demand, which keeps start-up short on slow (emulated) machines.
-    """
-
-    def __init__(self, data: bytes, origin: str = "BTF") -> None:
-        if len(data) < 24 or struct.unpack_from("<H", data)[0] != 0xEB9F:
-            raise GuardError(f"{origin}: not a BTF blob (bad magic)")
-        hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<5I", data, 4)
-        self._types_blob = data[hdr_len + type_off : hdr_len + type_off + type_len]
-        self._strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
-        self._pos = [-1]  # where each type starts; type ids start at 1
-        self._structs: dict[str, int] = {}
-        types, unpack, extra, starts = self._types_blob, struct.unpack_from, _EXTRA, self._pos
-        pos, end = 0, len(types)
-        while pos < end:
-            name_off, info = unpack("<2I", types, pos)
-            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-            starts.append(pos)
-            if kind == _KIND_STRUCT and name_off:
-                self._structs.setdefault(self._name(name_off), len(starts) - 1)
-            fixed, per_item = extra.get(kind, (0, 0))
-            pos += 12 + fixed + per_item * vlen
-
-    def _type(self, type_id: int) -> _Type | None:
-        if not 0 < type_id < len(self._pos):
-            return None
-        pos = self._pos[type_id]
-        name_off, info, size_or_type = struct.unpack_from("<3I", self._types_blob, pos)
-        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-        return _Type(kind, name_off, size_or_type, pos + 12, vlen, info >> 31)
-
-    def _name(self, off: int) -> str:
-        return self._strings[off : self._strings.index(b"\0", off)].decode()
-
-    def _members(self, t: _Type) -> list[tuple[str, int, int]]:
-        """(name, type id, bit offset) of a struct or union's members."""
-        out = []
-        for i in range(t.vlen):
-            m_name, m_type, m_off = struct.unpack_from("<3I", self._types_blob, t.pos + 12 * i)
-            out.append((self._name(m_name), m_type, m_off & 0xFFFFFF if t.kflag else m_off))
-        return out
-
-    @classmethod
-    def from_file(cls, path: Path = BTF_PATH) -> Btf:
-        return cls(path.read_bytes(), str(path))
-
-    def _resolve(self, type_id: int) -> _Type:
-        t = self._type(type_id)
-        while t is not None and t.kind in (
-            _KIND_TYPEDEF,
-            _KIND_VOLATILE,
-            _KIND_CONST,
-            _KIND_RESTRICT,
-            _KIND_TYPE_TAG,
-        ):
-            t = self._type(t.size_or_type)
-        if t is None:
-            raise GuardError(f"BTF: type {type_id} does not resolve")
-        return t
-
-    def _member(self, t: _Type, name: str) -> tuple[int, int] | None:
-        """(type id, bit offset) of a member, looking inside anonymous structs and unions."""
-        for m_name, m_type, m_off in self._members(t):
-            if m_name == name:
-                return m_type, m_off
-            if not m_name:
-                inner = self._member(self._resolve(m_type), name)
-                if inner is not None:
-                    return inner[0], m_off + inner[1]
-        return None
-
-    def offset(self, field: str) -> int | None:
-        """Byte offset of "struct.member[.member...]", the size for "sizeof struct", the bit
-        offset for "bit struct.member"."""
-        if field.startswith("sizeof "):
-            sid = self._structs.get(field.split()[1])
-            return None if sid is None else self._resolve(sid).size_or_type
-        bits_wanted = field.startswith("bit ")
-        struct_name, *path = field.removeprefix("bit ").split(".")
-        sid = self._structs.get(struct_name)
-        if sid is None:
-            return None
-        t, bits = self._resolve(sid), 0
-        for part in path:
-            found = self._member(t, part)
-            if found is None:
-                return None
-            t, bits = self._resolve(found[0]), bits + found[1]
-        return bits if bits_wanted else bits // 8
-
-
 # --- the comparison -------------------------------------------------------------------------
 
 
@@ -311,7 +179,10 @@ def compare(headers: dict[str, int], btf: Btf) -> list[str]:
 
 def check_offsets(headers: dict[str, int], btf_path: Path = BTF_PATH) -> str:
     """Raise GuardError naming the first mismatching field; return a one-line summary."""
-    problems = compare(headers, Btf.from_file(btf_path))
+    try:
+        problems = compare(headers, Btf.from_file(btf_path))
+    except BtfError as exc:
+        raise GuardError(f"bcc guard: {exc}") from exc
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         found = find_headers()
@@ -391,51 +262,3 @@ def guard(dump_func: Callable[[bytes], bytes], btf_path: Path = BTF_PATH) -> str
     if headers is None:
         raise GuardError(f"bcc guard: no kernel headers for {os.uname().release}")
     return check_release(headers)
-
-
-# --- procmon check --------------------------------------------------------------------------
-
-
-def bcc_check_lines(source: Path | None = None) -> list[tuple[str, bool, str]]:
-    """(item, ok, detail) for `procmon check`: does bcc import, are headers found, does the
-    guard pass. The guard compiles the probe's headers with bcc (a few seconds; root)."""
-    from procmon.probe import bcc  # here, not at the top: bcc.py imports this module
-
-    lines: list[tuple[str, bool, str]] = []
-    try:
-        bpf_cls = bcc.import_bcc()
-        spec = importlib.util.find_spec("bcc")
-        where = Path(str(spec.origin if spec else "?")).parent
-        lines.append(("bcc python module", True, f"imported from {where}"))
-    except ImportError as exc:
-        bpf_cls = None
-        lines.append(("bcc python module", False, str(exc)))
-
-    headers = find_headers()
-    if headers is None:
-        release = os.uname().release
-        detail = f"none for {release}: install linux-headers-{release} or set BCC_KERNEL_SOURCE"
-        lines.append(("kernel headers", False, detail))
-    else:
-        version = f" (UTS_RELEASE {headers.release})" if headers.release else ""
-        lines.append(("kernel headers", True, f"{headers.path} via {headers.how}{version}"))
-
-    if bpf_cls is None or headers is None:
-        lines.append(("bcc offset guard", False, "not run: needs bcc and kernel headers"))
-        return lines
-    try:
-        src = source or bcc.bundled_source()
-        module = bpf_cls(
-            text=(src.read_text() + offset_functions()).encode(),
-            cflags=[f"-I{src.parent}", "-DPROCMON_OFFSETS_ONLY"],
-        )
-        try:
-            lines.append(("bcc offset guard", True, guard(module.dump_func)))
-        finally:
-            module.cleanup()
-    except GuardError as exc:
-        lines.append(("bcc offset guard", False, str(exc)))
-    except Exception as exc:  # bcc raises bare Exceptions; clang's errors went to stderr
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        lines.append(("bcc offset guard", False, f"could not compile the headers: {first}"))
-    return lines

@@ -12,7 +12,9 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from procmon.probe import BTF_PATH, libbpf
+from procmon.probe import libbpf
+from procmon.probe.btf import BTF_PATH
+from procmon.probe.errors import explain
 from procmon.probe.knobs import ProbeKnobs
 from procmon.probe.record import (
     BATCH_FULL,
@@ -32,6 +34,8 @@ log = logging.getLogger("procmon.probe")
 PROGRAMS = (b"exit_btf", b"exit_tp")
 # The context joined to exits (exe, args, cgroup paths): attached beside the exit program.
 CONTEXT_PROGRAMS = (b"exec_btf", b"cgroup_mkdir_btf", b"cgroup_rmdir_btf")
+_GRANT = "grant CAP_BPF and CAP_PERFMON (AmbientCapabilities in the systemd unit)"
+_HINT = "--log-level info shows libbpf's log"
 
 
 def bundled_object() -> Path:
@@ -96,7 +100,7 @@ class CoreProbe:
                 last_error = exc
                 self._close_object()
         else:
-            raise _explain(last_error)
+            raise explain(last_error, "loading the eBPF probe", _GRANT, _HINT)
         if self._knobs.capture_exec and not self.has_context:
             log.warning(
                 "exec and cgroup context unavailable (%s): events carry no exe, "
@@ -113,7 +117,7 @@ class CoreProbe:
         bpf = self._bpf
         # Relocate against vmlinux BTF only: without CAP_SYS_ADMIN libbpf 1.1 cannot iterate
         # kernel-module BTFs and fails the load (seen on Debian's 6.1 as the agent's user).
-        opts = libbpf.ObjectOpenOpts(btf_custom_path=BTF_PATH.encode())
+        opts = libbpf.ObjectOpenOpts(btf_custom_path=str(BTF_PATH).encode())
         opts.sz = ctypes.sizeof(opts)
         ctypes.set_errno(0)
         self._obj = libbpf.check_ptr(
@@ -338,16 +342,3 @@ def unpin_all(pin_root: Path) -> int:
                 _remove_pins(entry)
                 removed += 1
     return removed
-
-
-def _explain(exc: libbpf.LibbpfError | None) -> Exception:
-    if exc is not None and exc.errno in (1, 13):  # EPERM, EACCES
-        who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
-        return PermissionError(
-            f"loading the eBPF probe was refused for {who} ({exc}): run as root or grant "
-            "CAP_BPF and CAP_PERFMON (AmbientCapabilities in the systemd unit)"
-        )
-    if exc is not None:
-        hint = "--log-level info shows libbpf's log"
-        return libbpf.LibbpfError(exc.errno, f"{exc.strerror} ({hint})")
-    return exc or libbpf.LibbpfError(0, "no probe program could be attached")
