@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,47 +13,23 @@ from typing import Any
 
 from procmon import __version__
 from procmon.config import ConfigError, EnrichConfig, ProbeConfig, load_config
+from procmon.exit_status import EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
+from procmon.logs import setup_logging
+from procmon.probe.errors import ProbeError
+from procmon.signals import Signals
 
 log = logging.getLogger("procmon")
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM. Handlers only set a flag: they may run inside a ctypes
-    callback, where a raised exception would be swallowed and could hang the poll loop."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        for signo in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signo, self._handle)
-
-    def _handle(self, _signo: int, _frame: object) -> None:
-        self.stop = True
-
-    def __call__(self) -> bool:
-        return self.stop
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 # --- tail ----------------------------------------------------------------------------------
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from procmon.enrich.context import open_context
-    from procmon.event import EventBuilder
+    from procmon.assemble import attach_context, attach_probe, event_builder
     from procmon.pipeline import Pipeline
-    from procmon.probe import ProbeKnobs, open_probe
     from procmon.sinks import Sink
     from procmon.sinks.kmsg import KmsgSink
-    from procmon.sinks.stdout import StdoutSink, TextFormat, seed_total_line
+    from procmon.sinks.stdout import StdoutSink, TextFormat
 
     cfg = ProbeConfig(
         backend=args.backend,
@@ -65,31 +40,22 @@ def cmd_tail(args: argparse.Namespace) -> int:
         ring_size_kb=args.ring_size_kb,
     )
     enrich = EnrichConfig(enabled=not args.no_context, capture_args=not args.no_args)
-    stop = StopFlag()
-    probe = open_probe(cfg.backend, ProbeKnobs.from_config(cfg, enrich))
-    log.info("attached %s backend in %.3f s", probe.backend, probe.attach_seconds)
-    fmt: TextFormat = "json" if args.json else args.format
-    sinks: list[Sink] = [StdoutSink(fmt, sys.stdout.buffer)]
-    kmsg = KmsgSink() if args.kmsg else None
-    if kmsg:
-        sinks.append(kmsg)
-    builder = EventBuilder(
-        args.host_id or _hostname(),
-        probe.backend,  # type: ignore[arg-type]
-        context=open_context(enrich, probe),
+    with Signals() as stop:
+        probe = attach_probe(cfg, enrich)
+        log.info("attached %s backend in %.3f s", probe.backend, probe.attach_seconds)
+        fmt: TextFormat = "json" if args.json else args.format
+        sinks: list[Sink] = [StdoutSink(fmt, sys.stdout.buffer)]
+        if args.kmsg:
+            sinks.append(KmsgSink())
+        builder = event_builder(args.host_id or _hostname(), probe, attach_context(enrich, probe))
+        pipeline = Pipeline(probe, builder, sinks, cfg.poll_interval_ms, max_events=args.count)
+        with contextlib.suppress(BrokenPipeError):  # the reader went away (`| head`): stop quietly
+            pipeline.run(stop)
+    print(
+        f"Total process exits monitored: {pipeline.counters.events_seen} (dropped in kernel: "
+        f"{pipeline.kernel_drops()}; context lost: {pipeline.context_drops()})",
+        file=sys.stderr,
     )
-    pipeline = Pipeline(probe, builder, sinks, cfg.poll_interval_ms, max_events=args.count)
-    with contextlib.suppress(BrokenPipeError):  # the reader went away (`| head`): stop quietly
-        pipeline.run(stop)
-    drops = pipeline.final_kernel_drops
-    context_lost = pipeline.final_context_drops
-    total = pipeline.counters.events_seen
-    if kmsg:
-        kmsg.write_total(total)
-    summary = f"Total process exits monitored: {total}"
-    if fmt == "seed":
-        print(seed_total_line(total), flush=True)
-    print(f"{summary} (dropped in kernel: {drops}; context lost: {context_lost})", file=sys.stderr)
     return EXIT_OK
 
 
@@ -118,7 +84,6 @@ def cmd_agent(args: argparse.Namespace) -> int:
             f"config ok: host_id={cfg.host_id} broker={cfg.mqtt.broker} probe={cfg.probe.backend}"
         )
         return EXIT_OK
-    _setup_logging(cfg.log_level)
     from procmon.agent import run_agent
 
     return run_agent(cfg, config_path=args.config, overrides=_agent_overrides(args))
@@ -148,38 +113,21 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from procmon.preflight import CheckLine, host_lines
+    from procmon import preflight
     from procmon.probe import choose_backend
 
-    lines = host_lines()
+    lines = preflight.host_lines()
     backend = choose_backend(args.backend)
-    if backend == "bcc":
-        # bcc's own preconditions first: the probe line below needs all of them.
-        from procmon.probe.bcc_guard import bcc_check_lines
-
-        lines += [CheckLine(*line) for line in bcc_check_lines()]
-    lines.append(_probe_line(backend, CheckLine))
+    if backend == "bcc":  # bcc's own preconditions first: the probe line needs all of them
+        lines += preflight.bcc_lines()
+    lines.append(preflight.probe_line(backend))
     if args.broker:
         from procmon.mqtt_check import broker_line
 
         lines.append(broker_line(args.broker, args.username, args.password_file, args.ca_file))
     for line in lines:
         print(line.render())
-    return EXIT_OK if all(line.ok for line in lines) else EXIT_ERROR
-
-
-def _probe_line(backend: str, line_cls: Any) -> Any:
-    """The real proof: load and attach the probe, then detach."""
-    from procmon.probe import ProbeKnobs, open_probe
-
-    try:
-        probe = open_probe(backend, ProbeKnobs())
-    except (OSError, ImportError, RuntimeError) as exc:
-        return line_cls(f"probe ({backend})", False, str(exc))
-    detail = f"attached in {probe.attach_seconds:.3f} s; this host would use it"
-    probe.detach()
-    probe.close()
-    return line_cls(f"probe ({backend})", True, detail)
+    return EXIT_OK if all(line.ok for line in lines) else EXIT_FAILURE
 
 
 def cmd_schema(_args: argparse.Namespace) -> int:
@@ -264,18 +212,25 @@ def _positive_int(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "agent":
-        _setup_logging(args.log_level)
+    if args.command != "agent":  # the agent's level comes from its config
+        setup_logging(args.log_level)
     from procmon.probe.libbpf import LibbpfError
 
     try:
         rc: int = args.func(args)
         return rc
-    except (ConfigError, PermissionError, FileNotFoundError, LibbpfError, ImportError) as exc:
+    except (
+        ConfigError,
+        PermissionError,
+        FileNotFoundError,
+        LibbpfError,
+        ProbeError,
+        ImportError,
+    ) as exc:
         print(f"procmon: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_ERROR
+        return EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_FAILURE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -11,15 +11,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from types import FrameType
 from typing import Any, BinaryIO
 
 import paho.mqtt.client as mqtt
@@ -37,13 +34,14 @@ from procmon.broker_url import (
     describe_refusal,
 )
 from procmon.event import SCHEMA_ID, ExitEvent
+from procmon.exit_status import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from procmon.signals import Signals
 
 log = logging.getLogger("procmon.subscribe")
 
 MAX_PAYLOAD = 1 << 20
 DEDUP_WINDOW = 100_000  # event ids remembered; re-deliveries come within minutes, not days
 SESSION_EXPIRY_S = 7 * 24 * 3600  # a named consumer's queue survives a week of downtime
-EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG = 0, 1, 2
 
 _to_json = ExitEvent.__pydantic_serializer__.to_json
 
@@ -312,37 +310,20 @@ def run_subscribe(
         return EXIT_CONFIG
     consumer = ExitConsumer(out, dedup)
     sub = _Subscriber(options, topic_filter, consumer, count, client_id, protocol)
-    restore = _stop_on_signals(sub.done)
-    sub.client.loop_start()
-    try:
-        sub.done.wait(timeout)
-    finally:
-        sub.done.set()
-        sub.client.disconnect()
-        sub.client.loop_stop()
-        restore()
-        if output:
-            out.close()
+    with Signals(on_stop=sub.done.set):
+        sub.client.loop_start()
+        try:
+            sub.done.wait(timeout)
+        finally:
+            sub.done.set()
+            sub.client.disconnect()
+            sub.client.loop_stop()
+            if output:
+                out.close()
     print(consumer.counters.summary(), file=sys.stderr, flush=True)
     if sub.failed:
         print(f"procmon subscribe: {sub.failed}", file=sys.stderr)
         return EXIT_CONFIG
     if count is not None and consumer.counters.written < count:
-        return EXIT_INCOMPLETE
+        return EXIT_FAILURE  # fewer events than --count
     return EXIT_OK
-
-
-def _stop_on_signals(done: threading.Event) -> Callable[[], None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        done.set()
-
-    try:
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
-        return lambda: None
-
-    def restore() -> None:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-    return restore
