@@ -11,9 +11,11 @@ import ssl
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.reasoncodes import ReasonCode
+if TYPE_CHECKING:  # paho is imported only where a paho client is used (config needs none)
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.reasoncodes import ReasonCode
 
 _URL = re.compile(r"^(?P<scheme>mqtts?)://(?P<host>[^/:\s]+)(?::(?P<port>\d{1,5}))?/?$")
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -144,7 +146,7 @@ def describe_connect_error(exc: BaseException | None) -> str:
 def describe_refusal(reason: ReasonCode | int) -> str:
     """A CONNACK refusal in words, with a hint where the fix is obvious."""
     text = str(reason)
-    value = reason.value if isinstance(reason, ReasonCode) else int(reason)
+    value = reason if isinstance(reason, int) else reason.value
     # 4/5 are MQTT 3.1.1 codes; 0x86/0x87 the MQTT 5 ones.
     if value in (4, 0x86):
         return f"refused: {text} (check mqtt.username and the password file)"

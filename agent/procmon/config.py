@@ -20,7 +20,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from procmon.enrich.redact import DEFAULT_REDACT_PATTERNS, DEFAULT_REDACT_VALUE_AFTER, Redactor
+from procmon.broker_url import BrokerConfigError, parse_broker_url
+from procmon.enrich.context import ContextSettings
+from procmon.enrich.redact import Redactor
 
 DEFAULT_CONFIG_PATH = Path("/etc/procmon/agent.toml")
 
@@ -55,17 +57,12 @@ class ProbeConfig(_Section):
     exclude_self: bool = True
     ring_size_kb: int = Field(default=4096, ge=64, le=1 << 20)
     wakeup_bytes: int = Field(default=32768, ge=0)
-    # Upper bound on how long a record may wait in the ring for a wakeup (latency vs CPU):
-    # each wakeup costs the agent a batch, and a batch's fixed cost (a cold wake of the
-    # process, one spool transaction, one socket write) outweighs 25 exits' own. 40 ms keeps
-    # p99 exit-to-subscriber under 50 ms with 25 batches a second when exits trickle; 25 ms
-    # measured 0.8-1.0 points more CPU at 1k exits/s.
+    # The longest a record waits in the ring for a wakeup: latency against CPU, as each
+    # wakeup's fixed cost outweighs many exits' own (docs/design.md).
     wakeup_latency_ms: int = Field(default=40, ge=0, le=5000)
     poll_interval_ms: int = Field(default=100, ge=1, le=5000)
-    # Bursts: above this many records a second the agent leaves records queued in the ring and
-    # lets the workload have the CPU, then drains once the burst ends, the ring is
-    # burst_fill_pct full, or burst_max_ms passed (latency during a burst, for the workload's
-    # throughput). 0 turns it off.
+    # Above this many records a second, records wait in the ring so the workload keeps the
+    # CPU, until the burst ends, the ring is burst_fill_pct full or burst_max_ms passed. 0: off.
     burst_rate: int = Field(default=10000, ge=0)
     burst_max_ms: int = Field(default=2000, ge=0, le=10000)
     burst_fill_pct: int = Field(default=90, ge=10, le=95)
@@ -95,8 +92,10 @@ class MqttConfig(_Section):
     @field_validator("broker")
     @classmethod
     def _broker_url(cls, value: str) -> str:
-        if not re.match(r"^mqtts?://[^/:\s]+(:\d{1,5})?/?$", value):
-            raise ValueError(f"{value!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        try:
+            parse_broker_url(value)
+        except BrokerConfigError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("prefix")
@@ -121,15 +120,15 @@ class EnrichConfig(_Section):
     capture_args: bool = True
     # Regexes applied to each argument before anything leaves the host; a named group
     # `secret` limits the replacement to that part. See procmon.enrich.redact.
-    redact: tuple[str, ...] = DEFAULT_REDACT_PATTERNS
+    redact: tuple[str, ...] = ContextSettings.redact
     # Patterns applied after `redact`: add site-specific ones without restating the defaults.
     redact_extra: tuple[str, ...] = ()
     # An argument fully matching one of these makes the next argument secret.
-    redact_value_after: tuple[str, ...] = DEFAULT_REDACT_VALUE_AFTER
-    exec_cache_size: int = Field(default=32768, ge=64, le=1 << 22)
-    cgroup_cache_size: int = Field(default=65536, ge=64, le=1 << 22)
+    redact_value_after: tuple[str, ...] = ContextSettings.redact_value_after
+    exec_cache_size: int = Field(default=ContextSettings.exec_cache_size, ge=64, le=1 << 22)
+    cgroup_cache_size: int = Field(default=ContextSettings.cgroup_cache_size, ge=64, le=1 << 22)
     # How long a removed cgroup's path stays resolvable for exits still in flight.
-    cgroup_grace_s: float = Field(default=60.0, ge=0, le=3600)
+    cgroup_grace_s: float = Field(default=ContextSettings.cgroup_grace_s, ge=0, le=3600)
 
     @field_validator("redact", "redact_extra", "redact_value_after")
     @classmethod
