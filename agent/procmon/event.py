@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from procmon.probe.record import FLAG_THREAD, RawExit
+from procmon.probe.record import FLAG_THREAD, RawCgroup, RawExec, RawExit
 
 if TYPE_CHECKING:
     from procmon.enrich.context import ProcessContext
@@ -156,7 +156,8 @@ def _split_cputime(utime: int, stime: int, runtime: int) -> tuple[int, int]:
 
 
 class EventBuilder:
-    """Turns RawExit records into ExitEvents for one host and backend.
+    """Turns RawExit records into ExitEvents for one host and backend, joined with the
+    context records seen before them.
 
     Validation happens once, here; sinks serialize the model without re-validating.
     """
@@ -174,6 +175,11 @@ class EventBuilder:
         self.context = context
         self._page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
         self.resync_clock()
+
+    def observe(self, raw: RawExec | RawCgroup) -> None:
+        """Learn from a context record (exec, cgroup): the exits after it are joined with it."""
+        if self.context is not None:
+            self.context.observe(raw)
 
     def resync_clock(self) -> None:
         """Offset from CLOCK_BOOTTIME (what the probe stamps) to wall-clock time."""

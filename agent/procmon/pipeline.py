@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -49,7 +50,15 @@ class PipelineCounters:
         }
 
 
+# Called after every wakeup with final=False, and once with final=True after the last drain,
+# when every sink has had on_stop and none is closed yet.
+Tick = Callable[[bool], None]
+
+
 class Pipeline:
+    """Owns the probe from attach to close: drains it into events for the sinks, keeps the
+    drop totals across probes replaced on reload, and calls ``tick`` between wakeups."""
+
     def __init__(
         self,
         probe: Probe,
@@ -58,21 +67,38 @@ class Pipeline:
         poll_interval_ms: int = 100,
         max_events: int | None = None,
         burst: BurstPolicy | None = None,
-        counters: PipelineCounters | None = None,
+        tick: Tick | None = None,
     ) -> None:
         self.probe = probe
         self.builder = builder
         self.sinks = list(sinks)
         self.poll_interval_ms = poll_interval_ms
         self.max_events = max_events
-        # Passed in to carry on across a pipeline rebuilt on reload.
-        self.counters = counters if counters is not None else PipelineCounters()
-        self.final_kernel_drops = 0
-        self.final_context_drops = 0
+        self.tick = tick
+        self.counters = PipelineCounters()
+        self._probe_open = True
+        self._retired_kernel_drops = 0  # of probes replaced on reload
+        self._retired_context_drops = 0
         self._polls = 0
-        ring = getattr(probe, "ring_fill", None)
-        self.burst = burst if burst is not None and burst.rate > 0 and ring is not None else None
+        self._burst_policy = burst
+        self.burst = self._burst_for(probe)
         self._last_poll = time.monotonic()
+
+    def _burst_for(self, probe: Probe) -> BurstPolicy | None:
+        burst = self._burst_policy
+        return burst if burst is not None and burst.rate > 0 and probe.ring_fill else None
+
+    # --- drops ------------------------------------------------------------------------------
+
+    def kernel_drops(self) -> int:
+        """Exits the kernel could not queue, over every probe this pipeline has run."""
+        live = self.probe.kernel_drops() if self._probe_open else 0
+        return self._retired_kernel_drops + live
+
+    def context_drops(self) -> int:
+        """Exec and cgroup records shed or lost in the kernel (those exits carry null context)."""
+        live = self.probe.context_drops() if self._probe_open else 0
+        return self._retired_context_drops + live
 
     def step(self, timeout_ms: int | None = None) -> int:
         """One wakeup: drain the ring in batches of at most MAX_BATCH records, then hold off
@@ -132,8 +158,7 @@ class Pipeline:
         self.counters.burst_deferred_s += now - start
 
     def _process(self, raws: Sequence[RawRecord]) -> int:
-        build = self.builder.build
-        context = self.builder.context
+        build, observe = self.builder.build, self.builder.observe
         events: list[ExitEvent] = []
         delivered = 0
         # Ring order is kept: an exec or cgroup record is known before the exits after it.
@@ -147,8 +172,8 @@ class Pipeline:
                 if len(events) == CHUNK:
                     delivered += self._deliver(events)
                     events = []
-            elif context is not None:
-                context.observe(raw)
+            else:
+                observe(raw)
         return delivered + self._deliver(events)
 
     def _deliver(self, events: list[ExitEvent]) -> int:
@@ -162,22 +187,60 @@ class Pipeline:
         return self.max_events is not None and self.counters.events_seen >= self.max_events
 
     def run(self, should_stop: Callable[[], bool]) -> None:
-        """Poll until should_stop() or max_events have been delivered; then drain and close."""
+        """Poll until should_stop() or max_events have been delivered; then shut down."""
         try:
             while not should_stop() and not self.done():
                 self.step()
+                if self.tick is not None:
+                    self.tick(False)
         finally:
             self.shutdown()
 
-    def kernel_drops(self) -> int:
-        return self.probe.kernel_drops()
+    def replace(
+        self,
+        probe: Probe | None = None,
+        builder: EventBuilder | None = None,
+        sinks: Sequence[Sink] | None = None,
+    ) -> None:
+        """Reload: take new parts. A new probe must already be attached: the old one is then
+        detached and drained with the old builder (an overlap gives duplicates with the same
+        event_id; a gap would lose exits). Replaced sinks are closed, without on_stop."""
+        if probe is not None:
+            self._retire_probe()
+            self.probe, self._probe_open = probe, True
+            self.burst = self._burst_for(probe)
+        if builder is not None:
+            self.builder = builder
+        if sinks is not None:
+            old, self.sinks = self.sinks, list(sinks)
+            for sink in old:
+                if sink not in self.sinks:
+                    sink.close()
+
+    def _retire_probe(self) -> None:
+        """Detach first, then deliver what the kernel had already queued, then close."""
+        if not self._probe_open:
+            return
+        try:
+            self.probe.detach()
+            self.step(timeout_ms=0)
+        finally:
+            self._retired_kernel_drops += self.probe.kernel_drops()
+            self._retired_context_drops += self.probe.context_drops()
+            self._probe_open = False
+            self.probe.close()
+
+    def _stop_sink(self, sink: Sink) -> None:
+        sink.on_stop(self.counters.events_seen)  # read now: after the last drain
 
     def shutdown(self) -> None:
-        """Detach first, then deliver what the kernel had already queued."""
-        self.probe.detach()
-        self.step(timeout_ms=0)
-        self.final_kernel_drops = self.probe.kernel_drops()
-        self.final_context_drops = self.probe.context_drops()
-        self.probe.close()
-        for sink in self.sinks:
-            sink.close()
+        """The last drain, then each sink's on_stop, the final tick, and close. Every step
+        runs even when one fails (a reader gone from a pipe must not cost the kmsg total)."""
+        with contextlib.ExitStack() as steps:  # run last-in, first-out
+            for sink in reversed(self.sinks):
+                steps.callback(sink.close)
+            if self.tick is not None:
+                steps.callback(self.tick, True)
+            for sink in reversed(self.sinks):
+                steps.callback(self._stop_sink, sink)
+            self._retire_probe()

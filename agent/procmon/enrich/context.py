@@ -1,11 +1,8 @@
 """ProcessContext: joins each exit with what the process was and where it ran.
 
-It consumes the probe's context records (exec, cgroup mkdir/rmdir) in ring order, so an exec
-is always known before the exit that follows it, and answers for each exit with the fields
-ExitEvent carries. Args are decoded and redacted once, when the exec is seen: nothing
-unredacted is kept, so nothing unredacted can leave the host. The same command line is shaped
-once: the result is kept under a digest of the raw argv (never the argv itself), so a flood
-of one command line costs a hash per exec.
+Context records (exec, cgroup mkdir/rmdir) are consumed in ring order, so an exec is known
+before the exit that follows it. Args are redacted when the exec is seen: nothing unredacted
+is kept, so nothing unredacted can leave the host.
 """
 
 from __future__ import annotations
@@ -13,13 +10,17 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
-from procmon.config import EnrichConfig
 from procmon.enrich.cgroup_cache import CgroupCache, cgroup2_mount
 from procmon.enrich.exec_cache import ExecCache
-from procmon.enrich.redact import REDACTED, Redactor
-from procmon.probe import Probe
+from procmon.enrich.redact import (
+    DEFAULT_REDACT_PATTERNS,
+    DEFAULT_REDACT_VALUE_AFTER,
+    REDACTED,
+    Redactor,
+)
 from procmon.probe.record import FLAG_THREAD, RawCgroup, RawExec, RawExit
 
 log = logging.getLogger("procmon.enrich")
@@ -36,18 +37,32 @@ _UNKNOWN: dict[str, Any] = {
 SHAPED_CACHE_SIZE = 4096
 
 
+@dataclass(frozen=True)
+class ContextSettings:
+    # Off: exec records carry no args at all; they never leave the kernel.
+    capture_args: bool = True
+    redact: tuple[str, ...] = DEFAULT_REDACT_PATTERNS  # see procmon.enrich.redact
+    redact_value_after: tuple[str, ...] = DEFAULT_REDACT_VALUE_AFTER
+    exec_cache_size: int = 32768
+    cgroup_cache_size: int = 65536
+    # How long a removed cgroup's path stays resolvable for exits still in flight.
+    cgroup_grace_s: float = 60.0
+
+
 class ProcessContext:
-    def __init__(self, cfg: EnrichConfig) -> None:
-        self._redactor = Redactor(cfg.redact + cfg.redact_extra, cfg.redact_value_after)
-        self.execs = ExecCache(cfg.exec_cache_size, self._shape_args, cfg.capture_args)
-        self.cgroups = CgroupCache(cfg.cgroup_cache_size, cfg.cgroup_grace_s)
+    def __init__(self, settings: ContextSettings | None = None) -> None:
+        s = settings or ContextSettings()
+        self._redactor = Redactor(s.redact, s.redact_value_after)
+        self.execs = ExecCache(s.exec_cache_size, self._shape_args, s.capture_args)
+        self.cgroups = CgroupCache(s.cgroup_cache_size, s.cgroup_grace_s)
         self.redacted_args = 0
         self.redact_errors = 0  # command lines a redaction rule failed on: sent as one REDACTED
         self._shaped: OrderedDict[bytes, tuple[str, ...]] = OrderedDict()
 
     def _shape_args(self, blob: bytes) -> tuple[str, ...]:
-        """argv as it may leave the host. One decode for the whole blob (NUL is one byte in
-        UTF-8 and never part of another character, so splitting after decoding is the same)."""
+        """argv as it may leave the host, kept under a digest of the raw argv (never the argv
+        itself): a flood of one command line costs a hash per exec. One decode for the whole
+        blob: NUL is one byte in UTF-8 and never part of another character."""
         key = hashlib.blake2b(blob, digest_size=16).digest()
         shaped = self._shaped.get(key)
         if shaped is not None:
@@ -111,11 +126,9 @@ class ProcessContext:
         return fields
 
 
-def open_context(cfg: EnrichConfig, probe: Probe) -> ProcessContext | None:
-    """A seeded context, or None when enrichment is off or the probe sends no context.
-    Call it once the probe is attached: whatever starts meanwhile is in the ring."""
-    if not (cfg.enabled and probe.has_context):
-        return None
-    context = ProcessContext(cfg)
+def open_context(settings: ContextSettings) -> ProcessContext:
+    """A seeded context. Call it once the probe is attached: whatever starts meanwhile is in
+    the ring."""
+    context = ProcessContext(settings)
     context.seed()
     return context

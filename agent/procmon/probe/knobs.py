@@ -1,11 +1,9 @@
-"""The probe's in-kernel knobs, derived once from the config and this process."""
+"""The probe's in-kernel knobs: plain values, set once before the probe loads."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-
-from procmon.config import EnrichConfig, ProbeConfig
 
 
 def own_pidns_inode() -> int:
@@ -37,23 +35,6 @@ class ProbeKnobs:
         """context_fill_pct in bytes of the ring (0: no limit)."""
         return self.ring_size_bytes * self.context_fill_pct // 100
 
-    @classmethod
-    def from_config(cls, cfg: ProbeConfig, enrich: EnrichConfig | None = None) -> ProbeKnobs:
-        enrich = enrich or EnrichConfig()
-        return cls(
-            per_thread=cfg.per_thread,
-            failed_only=cfg.failed_only,
-            target_pidns=own_pidns_inode() if cfg.pidns_scope else 0,
-            self_tgid=os.getpid() if cfg.exclude_self else 0,
-            self_pidns=own_pidns_inode(),
-            wakeup_bytes=cfg.wakeup_bytes,
-            wakeup_ns=cfg.wakeup_latency_ms * 1_000_000,
-            ring_size_bytes=_power_of_two(cfg.ring_size_kb * 1024),
-            capture_exec=enrich.enabled,
-            capture_args=enrich.enabled and enrich.capture_args,
-            context_fill_pct=cfg.context_fill_pct,
-        )
-
     def as_rodata(self) -> dict[str, int]:
         """Values for the const volatile globals, by their C names (self is set in a map)."""
         return {
@@ -67,7 +48,7 @@ class ProbeKnobs:
         }
 
 
-def _power_of_two(n: int) -> int:
+def power_of_two(n: int) -> int:
     """Ring buffers must be a power of two (and a multiple of the page size)."""
     size = 4096
     while size < n:

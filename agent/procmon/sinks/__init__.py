@@ -13,6 +13,10 @@ class Sink(Protocol):
         """Take a batch; must not block the probe loop for long."""
         ...
 
+    def on_stop(self, total: int) -> None:
+        """The monitor stops after ``total`` events: write a final line, flush what waits."""
+        ...
+
     def close(self) -> None:
-        """Flush what can be flushed and release resources."""
+        """Release resources (also when replaced on reload, without on_stop)."""
         ...

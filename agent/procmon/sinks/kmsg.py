@@ -35,8 +35,8 @@ class KmsgSink:
             for line in seed_lines(event):
                 self._write(line)
 
-    def write_total(self, total: int) -> None:
-        self._write(seed_total_line(total))
+    def on_stop(self, total: int) -> None:
+        self._write(seed_total_line(total))  # the seed module's line at unload
 
     def close(self) -> None:
         os.close(self._fd)

@@ -1,30 +1,8 @@
 """MqttSink: every event goes to the spool first, then to the broker with QoS 1.
 
-Data flow: ``emit`` serializes a batch and appends it to the spool in one transaction. While
-connected it then takes in the PUBACKs that have arrived (one non-blocking ``recv``, parsed in
-bulk), encodes the new rows as PUBLISH packets (one event per message) into one buffer and
-writes it with one non-blocking send, up to ``window`` messages in flight. Acknowledged rows are
-deleted from the spool in batches (one transaction per ACK_BATCH rows or ACK_MAX_DELAY_S).
-Nothing is deleted before the broker has acknowledged it, so a broker outage or an agent crash
-costs duplicates (consumers de-duplicate on ``event_id``), never silent loss.
-
-Every connection starts a clean session: rows in flight when a connection ends are sent again,
-in spool order, on the next one. The wire format is in ``mqtt_wire``; sockets, TLS and backoff
-are in ``mqtt_conn``.
-
-Threads and locking. The network thread (``procmon-mqtt``) connects, reconnects and keeps the
-link alive; it also reads and refills whenever emits stop coming (EMIT_READS_S) or rows wait
-for room in the window. ``_lock`` guards all publisher state (cursor, in-flight maps, packet
-ids, acked rows, status and stats queue) and the established link's socket: whoever holds it
-runs ``_pump_locked`` (read, keep alive, fill, send), and socket calls under it never block
-(the socket is non-blocking). The network thread takes it after each ``epoll`` wake-up;
-``emit``, ``publish_stats``, ``flush`` and ``close`` (the agent's main thread) take it to
-append and pump, so a steady stream costs no thread wake-up at all. The spool's own lock nests
-inside ``_lock``; no other lock does. The network thread waits in ``epoll`` and connects
-without the lock. ``emit`` wakes it (an eventfd) only when the socket would block, rows wait
-for room in the window or the link broke; a second eventfd asks it to stop and also ends a
-connect in progress. Flags and counters read without the lock (``_connected``,
-``published``, ...) are single assignments, atomic under the GIL.
+Rows leave the spool only once the broker acknowledges them: an outage or a crash costs
+duplicates, never silent loss. ``_lock`` guards all publisher state and the link's socket;
+threading and locking rules are in docs/design.md.
 """
 
 from __future__ import annotations
@@ -200,7 +178,7 @@ class MqttSink:
             else []
         )
 
-        # Guarded by _lock (see the module docstring).
+        # Guarded by _lock (see docs/design.md).
         self._lock = threading.Lock()
         self._link: Link | None = None  # set while connected: whoever holds _lock may send
         self._window = self._max_window
@@ -698,6 +676,9 @@ class MqttSink:
                 self._pump_locked(self._link, time.monotonic())
             time.sleep(0.02)
         return False
+
+    def on_stop(self, total: int) -> None:
+        self.flush(FLUSH_TIMEOUT_S)  # before the agent's final counters
 
     def close(self) -> None:
         """Flush, publish the retained offline status, disconnect, close the spool."""

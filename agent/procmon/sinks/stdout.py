@@ -73,5 +73,10 @@ class StdoutSink:
         self.stream.write(b"".join(render(ev, fmt) for ev in events))
         self.stream.flush()
 
+    def on_stop(self, total: int) -> None:
+        if self.fmt == "seed":  # the seed module's total at unload
+            self.stream.write((seed_total_line(total) + "\n").encode())
+        self.stream.flush()
+
     def close(self) -> None:
         self.stream.flush()
