@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, require
+from helpers.common import REPO, require
 from procmon.probe import ProbeKnobs, bcc_guard
 from procmon.probe.bcc import BccProbe
 from procmon.probe.bcc_guard import Btf, GuardError

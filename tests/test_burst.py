@@ -1,8 +1,6 @@
 """Burst deferral: during a burst of exits the agent leaves records queued in the ring, so the
 workload keeps the CPU, and drains them once the burst ends, the ring fills or time is up."""
 
-# ruff: noqa: F811 - pytest fixtures are imported, then named as test parameters
-
 from __future__ import annotations
 
 import subprocess
@@ -11,18 +9,8 @@ from typing import Any
 
 import pytest
 
-from mosquitto import Mosquitto
-from mqtt_fixtures import (  # noqa: F401 - agent_ready, agents, broker: fixtures
-    SLOW,
-    Collector,
-    Storm,
-    agent_ready,
-    agents,
-    broker,
-    mosquitto_ready,
-    unique_host,
-    wait_until,
-)
+from helpers.mosquitto import Mosquitto
+from helpers.mqtt import SLOW, Collector, Storm, unique_host, wait_until
 from procmon import pipeline as pipeline_module
 from procmon.event import EventBuilder, ExitEvent
 from procmon.pipeline import BurstPolicy, Pipeline

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported by name
 """The procmon command as a user runs it."""
 
 from __future__ import annotations
@@ -10,8 +9,7 @@ import time
 
 import pytest
 
-from mosquitto import Mosquitto
-from mqtt_fixtures import broker, mosquitto_ready  # noqa: F401 - fixtures
+from helpers.mosquitto import Mosquitto
 from procmon import __version__
 
 PROCMON = [sys.executable, "-m", "procmon.cli"]

@@ -1,8 +1,6 @@
 """Real eBPF: who exited. exe and args captured at exec (or seeded from /proc), cgroup paths
 that outlive their cgroup, container and pod ids, redaction, all the way to MQTT."""
 
-# ruff: noqa: F811 - fixtures are imported, then named as test parameters
-
 from __future__ import annotations
 
 import json
@@ -17,19 +15,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from conftest import REPO
-from mosquitto import Mosquitto
-from mqtt_fixtures import (  # noqa: F401 - fixtures
-    SLOW,
-    agent_ready,
-    agents,
-    broker,
-    mosquitto_ready,
-    subscribers,
-    unique_host,
-    wait_until,
-)
-from probe_collector import Collector, collect  # noqa: F401 - collect is a fixture
+from helpers.common import REPO
+from helpers.mosquitto import Mosquitto
+from helpers.mqtt import SLOW, unique_host, wait_until
+from helpers.probe_collector import Collector
 from procmon.config import EnrichConfig
 from procmon.enrich.cgroup_cache import cgroup2_mount
 from procmon.event import ExitEvent

@@ -9,8 +9,6 @@ Figures for docs/reliability.md are printed as ``FIGURE name: ...`` lines (``pyt
 PMTEST_FAULT_OUTAGE_S lengthens the broker outage (60 s by default).
 """
 
-# ruff: noqa: F811 - pytest fixtures are imported, then named as test parameters
-
 from __future__ import annotations
 
 import contextlib
@@ -28,18 +26,10 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, require
-from mosquitto import Mosquitto
-from mqtt_fixtures import (  # noqa: F401 - agent_ready, mosquitto_ready: fixtures
-    PY,
-    SLOW,
-    Storm,
-    agent_ready,
-    mosquitto_ready,
-    unique_host,
-    wait_until,
-)
-from netns import DelayProxy, NetPair, NsMosquitto, netns_possible, nft_available, tmpfs
+from helpers.common import REPO, require
+from helpers.mosquitto import Mosquitto
+from helpers.mqtt import PY, SLOW, Storm, unique_host, wait_until
+from helpers.netns import DelayProxy, NetPair, NsMosquitto, netns_possible, nft_available, tmpfs
 from procmon.spool import Spool
 
 pytestmark = pytest.mark.faults

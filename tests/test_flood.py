@@ -7,8 +7,6 @@ share. Now context records enter the ring only below its context share (probe.co
 half the ring) and every lost context record is counted.
 """
 
-# ruff: noqa: F811 - pytest fixtures are imported, then named as test parameters
-
 from __future__ import annotations
 
 import json
@@ -25,19 +23,9 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, require
-from mosquitto import Mosquitto
-from mqtt_fixtures import (  # noqa: F401 - agent_ready, agents, broker: fixtures
-    SLOW,
-    AgentProcess,
-    Collector,
-    agent_ready,
-    agents,
-    broker,
-    mosquitto_ready,
-    wait_until,
-)
-from probe_collector import collect  # noqa: F401 - a fixture
+from helpers.common import REPO, require
+from helpers.mosquitto import Mosquitto
+from helpers.mqtt import SLOW, AgentProcess, Collector, wait_until
 
 pytestmark = pytest.mark.bpf
 

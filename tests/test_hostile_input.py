@@ -8,8 +8,6 @@ Already covered elsewhere (not repeated here): a missing config file and invalid
 subscriber's invalid JSON, wrong schema property and 1 MiB + 10 payload (test_subscribe.py).
 """
 
-# ruff: noqa: F811 - pytest fixtures are imported, then named as test parameters
-
 from __future__ import annotations
 
 import io
@@ -25,19 +23,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, require
-from mosquitto import Mosquitto
-from mqtt_fixtures import (  # noqa: F401 - broker, mosquitto_ready, subscribers: fixtures
-    PY,
-    SLOW,
-    SubscriberProcess,
-    broker,
-    mosquitto_ready,
-    publish_raw,
-    sample_event,
-    subscribers,
-    wait_until,
-)
+from helpers.common import REPO, require
+from helpers.mosquitto import Mosquitto
+from helpers.mqtt import PY, SLOW, SubscriberProcess, publish_raw, sample_event, wait_until
 from procmon.broker_url import BrokerConfigError, BrokerOptions
 from procmon.config import ConfigError, EnrichConfig, load_config
 from procmon.enrich.context import ProcessContext

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require
+from helpers.common import require
 from procmon.event import EventBuilder
 from procmon.probe.record import FLAG_GROUP_DEAD, RawExit
 from procmon.sinks.kmsg import KmsgSink

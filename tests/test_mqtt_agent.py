@@ -3,10 +3,8 @@
 The agent runs as a subprocess (`python -m procmon.cli agent`) with its own spool and sees
 every exit on the machine; tests pick out the processes they started (by pid, or by the
 unique comm of a renamed fork-storm binary). Tests that need root/eBPF or mosquitto fail in
-CI (CI=true) and skip elsewhere (see conftest.require).
+CI (CI=true) and skip elsewhere (see helpers.common.require).
 """
-
-# ruff: noqa: F811 - pytest fixtures are imported, then named as test parameters
 
 from __future__ import annotations
 
@@ -22,20 +20,15 @@ from typing import Any
 import jsonschema
 import pytest
 
-import exit_cases
-from conftest import REPO
-from mosquitto import Mosquitto, make_tls_files
-from mqtt_fixtures import (  # noqa: F401 - agent_ready, agents, broker, ...: fixtures
+from helpers import exit_cases
+from helpers.common import REPO
+from helpers.mosquitto import Mosquitto, make_tls_files
+from helpers.mqtt import (
     SLOW,
     AgentProcess,
     Collector,
     Storm,
-    agent_ready,
-    agents,
-    broker,
-    mosquitto_ready,
     sample_event,
-    subscribers,
     unique_host,
     wait_until,
     wait_until_steady,

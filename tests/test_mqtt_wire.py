@@ -5,8 +5,6 @@ decoded by paho's own decoders; the incremental decoder is fed the same stream w
 byte and in random pieces; one test speaks the codec to a real mosquitto.
 """
 
-# ruff: noqa: F811 - pytest fixtures are imported, then named as test parameters
-
 from __future__ import annotations
 
 import os
@@ -24,8 +22,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
-from mosquitto import Mosquitto, free_port
-from mqtt_fixtures import Collector, broker, mosquitto_ready, wait_until  # noqa: F401
+from helpers.mosquitto import Mosquitto, free_port
+from helpers.mqtt import Collector, wait_until
 from procmon.broker_url import describe_connect_error, describe_refusal, parse_broker_url
 from procmon.sinks import mqtt_wire as wire
 from procmon.sinks.mqtt_conn import (

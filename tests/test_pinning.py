@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported by name
 """Pinned probes: exits during an agent's absence wait in the kernel for the next agent."""
 
 from __future__ import annotations
@@ -12,19 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require
-from mosquitto import Mosquitto
-from mqtt_fixtures import (  # noqa: F401 - fixtures
-    SLOW,
-    AgentProcess,
-    Collector,
-    agent_ready,
-    agents,
-    broker,
-    mosquitto_ready,
-    unique_host,
-    wait_until,
-)
+from helpers.common import require
+from helpers.mosquitto import Mosquitto
+from helpers.mqtt import SLOW, AgentProcess, Collector, unique_host, wait_until
 from procmon.probe import ProbeKnobs, RawExit
 from procmon.probe.core import CoreProbe, unpin_all
 

@@ -1,7 +1,5 @@
 """Real eBPF: the CO-RE probe against ground truth from os.wait4."""
 
-# ruff: noqa: F811 - the collect fixture is imported, then named as test parameters
-
 from __future__ import annotations
 
 import os
@@ -13,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import exit_cases
-from conftest import require
-from probe_collector import Collector, collect  # noqa: F401 - collect is a fixture
+from helpers import exit_cases
+from helpers.common import require
+from helpers.probe_collector import Collector
 
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("bpf_ready")]
 

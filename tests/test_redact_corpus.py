@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from helpers.redact_corpus import CORPUS
 from procmon.enrich.redact import REDACTED, Redactor
-from redact_corpus import CORPUS
 
 
 @pytest.fixture(scope="module")

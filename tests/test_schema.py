@@ -6,7 +6,7 @@ import json
 
 import jsonschema
 
-from conftest import REPO
+from helpers.common import REPO
 from procmon.event import EventBuilder
 from procmon.probe.record import FLAG_GROUP_DEAD, RawExit
 from procmon.schema import SCHEMA_FILE, exit_event_schema

@@ -7,8 +7,6 @@ Related, elsewhere: a world-readable password file is refused (test_mqtt_agent.p
 wrong-password line of the agent names the fix (test_mqtt_agent.py).
 """
 
-# ruff: noqa: F811 - pytest fixtures are imported, then named as test parameters
-
 from __future__ import annotations
 
 import subprocess
@@ -18,19 +16,9 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO
-from mosquitto import Mosquitto
-from mqtt_fixtures import (  # noqa: F401 - agent_ready, agents, mosquitto_ready: fixtures
-    PY,
-    SLOW,
-    AgentProcess,
-    Collector,
-    agent_ready,
-    agents,
-    mosquitto_ready,
-    unique_host,
-    wait_until,
-)
+from helpers.common import REPO
+from helpers.mosquitto import Mosquitto
+from helpers.mqtt import SLOW, AgentProcess, Collector, unique_host, wait_until
 
 PROCMON = str(REPO / ".venv/bin/procmon")
 

@@ -1,8 +1,6 @@
 """`procmon subscribe`: validation, counting of bad messages, de-duplication, count/timeout,
 against a real mosquitto (and, for the consumer logic alone, without one)."""
 
-# ruff: noqa: F811 - pytest fixtures are imported, then named as test parameters
-
 from __future__ import annotations
 
 import io
@@ -13,18 +11,8 @@ from typing import Any
 
 import pytest
 
-from mosquitto import Mosquitto
-from mqtt_fixtures import (  # noqa: F401 - broker, mosquitto_ready, subscribers: fixtures
-    PY,
-    SLOW,
-    SubscriberProcess,
-    broker,
-    mosquitto_ready,
-    publish_raw,
-    sample_event,
-    subscribers,
-    wait_until,
-)
+from helpers.mosquitto import Mosquitto
+from helpers.mqtt import PY, SLOW, SubscriberProcess, publish_raw, sample_event, wait_until
 from procmon.subscribe import MAX_PAYLOAD, ExitConsumer, RateLimitedLines
 
 

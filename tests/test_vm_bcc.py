@@ -33,10 +33,10 @@ from typing import Any
 
 import pytest
 
-import exit_cases
-from conftest import REPO, require
-from mosquitto import Mosquitto, free_port, mosquitto_available
-from mqtt_fixtures import Collector
+from helpers import exit_cases
+from helpers.common import REPO, require
+from helpers.mosquitto import Mosquitto, free_port, mosquitto_available
+from helpers.mqtt import Collector
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
 
@@ -293,7 +293,7 @@ def deployed(
     collector = Collector(broker, [f"procmon/{HOST_ID}/#"])
     tunnel = _tunnel(vm, broker.port)
     try:
-        vm.put(REPO / "tests/exit_cases.py", "/root/exit_cases.py")
+        vm.put(Path(exit_cases.__file__), "/root/exit_cases.py")
         # Built on this host (the VM has no libc headers); both are Debian 12, same glibc.
         vm.put(forkstorm, "/root/forkstorm")
         vm.put(REPO / "tests/vm/context_cases.py", "/root/context_cases.py")

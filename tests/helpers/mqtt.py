@@ -1,7 +1,7 @@
-"""Fixtures and helpers for the MQTT tests: a real broker, the agent as a subprocess,
-subscribers (paho in-process, or `run_subscribe` in a subprocess) and polling helpers.
+"""Helpers for the MQTT tests: the agent as a subprocess, subscribers (paho in-process, or
+`run_subscribe` in a subprocess), load, sample events and polling helpers.
 
-Import the fixtures into a test module with ``from mqtt_fixtures import broker, ...``.
+The fixtures built on them (``broker``, ``agents``, ``subscribers``, ...) are in conftest.py.
 Everything waits by polling with generous deadlines: the test machines are shared and slow.
 """
 
@@ -17,19 +17,18 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from conftest import REPO, require
-from mosquitto import Mosquitto, mosquitto_available
+from helpers.common import REPO
+from helpers.mosquitto import Mosquitto
 
 PY = sys.executable
 SLOW = 120.0  # default deadline for anything that should take a second on a quiet machine
@@ -65,27 +64,6 @@ def wait_until_steady(
 
 def unique_host() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
-
-
-# --- requirements --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def mosquitto_ready() -> None:
-    require(mosquitto_available(), "needs mosquitto 2.0 (apt install mosquitto)")
-
-
-@pytest.fixture(scope="session")
-def agent_ready(mosquitto_ready: None, bpf_ready: None) -> None:
-    """The agent subprocess needs root, BTF and the built BPF object, plus a broker."""
-
-
-@pytest.fixture
-def broker(tmp_path: Path, mosquitto_ready: None) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "broker")
-    b.start()
-    yield b
-    b.kill()
 
 
 # --- sd_notify ------------------------------------------------------------------------------
@@ -202,21 +180,6 @@ class AgentProcess:
     def close(self) -> None:
         self.kill()
         self.notify.close()
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
-    """Factory: ``agents(broker_url, env=..., config=...)``; every agent is killed at the end."""
-    started: list[AgentProcess] = []
-
-    def make(broker_url: str, **kw: Any) -> AgentProcess:
-        agent = AgentProcess(tmp_path / f"agent{len(started)}", broker_url, **kw)
-        started.append(agent)
-        return agent
-
-    yield make
-    for agent in started:
-        agent.close()
 
 
 # --- subscribers ---------------------------------------------------------------------------
@@ -344,22 +307,6 @@ class SubscriberProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
-
-
-@pytest.fixture
-def subscribers(tmp_path: Path) -> Iterator[Callable[..., SubscriberProcess]]:
-    started: list[SubscriberProcess] = []
-
-    def make(name: str, broker_url: str, **kw: Any) -> SubscriberProcess:
-        sub = SubscriberProcess(tmp_path / "subscribers", name, broker_url, **kw)
-        started.append(sub)
-        return sub
-
-    yield make
-    for sub in started:
-        if sub.proc.poll() is None:
-            sub.proc.kill()
-            sub.proc.wait()
 
 
 # --- load ----------------------------------------------------------------------------------

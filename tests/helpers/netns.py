@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mosquitto import MOSQUITTO, Mosquitto
+from helpers.mosquitto import MOSQUITTO, Mosquitto
 
 AGENT_ADDR = "169.254.77.2"
 BROKER_ADDR = "169.254.77.1"

@@ -4,10 +4,7 @@ agent's pipeline does (context records feed a ProcessContext)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
-
-import pytest
+from collections.abc import Callable
 
 from procmon.config import EnrichConfig
 from procmon.enrich.context import ProcessContext
@@ -46,18 +43,3 @@ class Collector:
     def close(self) -> None:
         self.probe.detach()
         self.probe.close()
-
-
-@pytest.fixture
-def collect() -> Iterator[Callable[..., Collector]]:
-    made: list[Collector] = []
-
-    def make(enrich: EnrichConfig | None = None, **knobs: Any) -> Collector:
-        knobs.setdefault("self_tgid", 0)
-        c = Collector(ProbeKnobs(**knobs), enrich)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.close()
