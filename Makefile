@@ -65,7 +65,7 @@ lint:
 	$(VENV)/bin/mypy
 	MYPYPATH=tests $(VENV)/bin/mypy bench
 	cd ansible && ../$(VENV)/bin/ansible-lint --profile production
-	shellcheck tests/fleet/fleet.sh
+	shellcheck tests/system/fleet/fleet.sh
 
 # procmon against exitsnoop, bpftrace and forkstat: bench/results.md and bench/results.png.
 BENCH_APT := libbpf-tools bpftrace forkstat

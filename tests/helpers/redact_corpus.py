@@ -1,7 +1,8 @@
 """Real-world command lines, secret and harmless, with the exact argv expected after redaction.
 
-Counts (asserted by tests/test_redact_corpus.py): 187 lines; 133 with a secret, of which 133 are
-caught (all the 42 forms issue 14 found leaking among them); 54 harmless, of which 0 are altered.
+Counts (asserted by tests/unit/test_redact_corpus.py): 187 lines; 133 with a secret, of which
+133 are caught (all the 42 forms issue 14 found leaking among them); 54 harmless, of which 0 are
+altered.
 
 Each entry is (argv, expected). `expected is None` marks a harmless line: it must come through
 unchanged. Secret values below are fakes in the vendors' documented shapes.

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # A test fleet of Debian 12 hosts as systemd-nspawn containers, for the Ansible roles.
 #
-#   tests/fleet/fleet.sh base    build the bookworm minbase rootfs once (cached)
-#   tests/fleet/fleet.sh up      base + boot N hosts (overlayfs each, systemd as PID 1, sshd on
-#                                127.0.0.11.., own cgroup), write RUN/inventory/hosts.ini
-#   tests/fleet/fleet.sh down    stop every host, kill leftovers, unmount, remove RUN
-#   tests/fleet/fleet.sh status  list hosts and whether their ssh answers
+#   tests/system/fleet/fleet.sh base    build the bookworm minbase rootfs once (cached)
+#   tests/system/fleet/fleet.sh up      base + boot N hosts (overlayfs each, systemd as PID 1, sshd on
+#                                       127.0.0.11.., own cgroup), write RUN/inventory/hosts.ini
+#   tests/system/fleet/fleet.sh down    stop every host, kill leftovers, unmount, remove RUN
+#   tests/system/fleet/fleet.sh status  list hosts and whether their ssh answers
 #
 # Environment (all optional):
 #   PMTEST_FLEET_CACHE  base rootfs cache         (default /var/cache/procmon-test)
@@ -20,7 +20,7 @@
 # `up` tears down what it started if it fails half-way (trap); `down` is safe to run any time.
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 CACHE=${PMTEST_FLEET_CACHE:-/var/cache/procmon-test}
 RUN=${PMTEST_FLEET_RUN:-$REPO/build/fleet}
 NHOSTS=${PMTEST_FLEET_HOSTS:-3}

@@ -1,4 +1,5 @@
-"""Every line of tests/redact_corpus.py redacts exactly as listed; the counts in its docstring."""
+"""Every line of tests/helpers/redact_corpus.py redacts exactly as listed; the counts in its
+docstring."""
 
 from __future__ import annotations
 

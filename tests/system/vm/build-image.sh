@@ -2,7 +2,7 @@
 # Build (or reuse) the Debian bookworm test VM: a rootfs from debootstrap, packed into a sparse
 # raw ext4 image without a loop device, plus the rootfs's own kernel and initrd for qemu -kernel.
 #
-# Usage: tests/vm/build-image.sh [CACHE_DIR]      (default: build/vm)
+# Usage: tests/system/vm/build-image.sh [CACHE_DIR]      (default: build/vm)
 # Prints the image directory on stdout. The directory name hashes this script, so editing the
 # package list or the set-up rebuilds; otherwise the cached image is reused.
 set -euo pipefail

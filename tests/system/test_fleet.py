@@ -1,8 +1,8 @@
 """The real fleet test: `ansible/deploy.yml` against three Debian 12 systemd-nspawn hosts.
 
-`tests/fleet/fleet.sh` builds the hosts (systemd as PID 1, sshd on 127.0.0.11-13, eBPF allowed);
-this module builds the wheel and an offline wheelhouse, starts a mosquitto on 127.0.0.1 (the
-hosts share the network namespace, so their agents reach it), deploys, and checks what a user
+`tests/system/fleet/fleet.sh` builds the hosts (systemd as PID 1, sshd on 127.0.0.11-13, eBPF
+allowed); this module builds the wheel and an offline wheelhouse, starts a mosquitto on 127.0.0.1
+(the hosts share the network namespace, so their agents reach it), deploys, and checks what a user
 would: agents active, idempotence, check mode, per-host exits with the right codes (pid-namespace
 scope), retained online/offline status, restarts only where the config changed, the broker role's
 per-host ACLs and `procmon_agent_state=absent`. The fleet is torn down at the end, even on failure.
@@ -29,11 +29,13 @@ from typing import Any
 
 import pytest
 
+from helpers.common import REPO
+
 pytestmark = pytest.mark.fleet
 
-REPO = Path(__file__).resolve().parent.parent
+
 ANSIBLE_DIR = REPO / "ansible"
-FLEET_SH = REPO / "tests" / "fleet" / "fleet.sh"
+FLEET_SH = REPO / "tests" / "system" / "fleet" / "fleet.sh"
 RUN_DIR = Path(os.environ.get("PMTEST_FLEET_RUN", REPO / "build" / "fleet"))
 DIST_DIR = REPO / "build" / "fleet-dist"
 HOSTS = {"fleet1": "127.0.0.11", "fleet2": "127.0.0.12", "fleet3": "127.0.0.13"}

@@ -1,13 +1,13 @@
 """Both probe backends on a real bcc host: Debian bookworm's own 6.1 kernel in a qemu VM.
 
-The VM (tests/vm/) is deployed with the real Ansible role, probe = bcc; the agent runs under
+The VM (tests/system/vm/) is deployed with the real Ansible role, probe = bcc; the agent runs under
 systemd and publishes to a mosquitto on this host. The VM reaches the broker through an SSH
 reverse tunnel (its own 127.0.0.1:1883), so no other address is involved. The shared
 ground-truth cases (exit_cases.py) then run inside the VM, and their events must arrive over
 MQTT with the fields wait4 reported. The same cases run again after switching the agent to the
 CO-RE backend (the 6.1 kernel has BTF), which also gives the backend comparison: start-up,
 RSS and a short fork storm, written to build/vm/backend-comparison.json. For both backends the
-context cases (tests/vm/context_cases.py) check what an event says about who exited: exe and
+context cases (tests/system/vm/context_cases.py) check what an event says about who exited: exe and
 args of a process living under 5 ms, parent comm, the cgroup and unit of a cgroup removed right
 after the exit, and the image owner of forks without exec, with and without a subreaper.
 
@@ -41,7 +41,7 @@ from helpers.mqtt import Collector
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
 
 VM_DIR = Path(os.environ.get("PMTEST_VM_DIR", REPO / "build/vm"))
-VM_SH = REPO / "tests/vm/vm.sh"
+VM_SH = REPO / "tests/system/vm/vm.sh"
 HOST_ID = "procmon-vm"
 TOPIC = f"procmon/{HOST_ID}/exits"
 # Emulated (TCG) CPUs are 20-50x slower, so the teardown after the exit tracepoint, which
@@ -95,7 +95,7 @@ def vm() -> Iterator[Vm]:
         require(shutil.which(tool) is not None, f"needs {tool} (make vm-deps)")
     image = Path(
         subprocess.run(
-            [str(REPO / "tests/vm/build-image.sh"), str(VM_DIR)],
+            [str(REPO / "tests/system/vm/build-image.sh"), str(VM_DIR)],
             check=True,
             stdout=subprocess.PIPE,
             text=True,
@@ -275,9 +275,9 @@ def _tunnel(vm: Vm, broker_port: int) -> subprocess.Popen[bytes]:
 
 @pytest.fixture(scope="module")
 def quick_exit(cc: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/vm/quick_exit.c: a process short enough for the < 5 ms case even under TCG."""
+    """tests/system/vm/quick_exit.c: a process short enough for the < 5 ms case even under TCG."""
     out = tmp_path_factory.mktemp("bin") / "quick_exit"
-    src = REPO / "tests/vm/quick_exit.c"
+    src = REPO / "tests/system/vm/quick_exit.c"
     subprocess.run([cc, "-O2", "-static", "-nostdlib", "-o", str(out), str(src)], check=True)
     return out
 
@@ -296,7 +296,7 @@ def deployed(
         vm.put(Path(exit_cases.__file__), "/root/exit_cases.py")
         # Built on this host (the VM has no libc headers); both are Debian 12, same glibc.
         vm.put(forkstorm, "/root/forkstorm")
-        vm.put(REPO / "tests/vm/context_cases.py", "/root/context_cases.py")
+        vm.put(REPO / "tests/system/vm/context_cases.py", "/root/context_cases.py")
         vm.put(quick_exit, "/root/quick_exit")
         vm.ssh("chmod 755 /root/forkstorm /root/quick_exit")
         deploy_time = _deploy(vm, tmp)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Boot or stop the bcc test VM (Debian bookworm, its own 6.1 kernel) under qemu TCG.
 #
-#   tests/vm/vm.sh start IMAGE_DIR RUN_DIR [SSH_PORT]   boot, wait for SSH, print the port
-#   tests/vm/vm.sh stop RUN_DIR                         kill qemu by its pid file
+#   tests/system/vm/vm.sh start IMAGE_DIR RUN_DIR [SSH_PORT]   boot, wait for SSH, print the port
+#   tests/system/vm/vm.sh stop RUN_DIR                         kill qemu by its pid file
 #
 # KVM does not work on these machines (nested), hence software emulation. The disk is opened
 # with -snapshot: the cached image stays pristine and every boot starts clean. SSH is
@@ -24,7 +24,7 @@ stop() {
 
 start() {
     local image=$1 run=$2 port=${3:-2222} timeout=${PROCMON_VM_BOOT_TIMEOUT:-240}
-    [[ -f $image/.done ]] || { echo "vm: $image is not a built image (tests/vm/build-image.sh)" >&2; exit 1; }
+    [[ -f $image/.done ]] || { echo "vm: $image is not a built image (tests/system/vm/build-image.sh)" >&2; exit 1; }
     mkdir -p "$run"
     stop "$run"
     # Whatever goes wrong before SSH answers, qemu must not outlive this script.

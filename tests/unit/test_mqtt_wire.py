@@ -2,14 +2,13 @@
 
 Encoded packets are checked byte for byte against what paho encodes for the same message, and
 decoded by paho's own decoders; the incremental decoder is fed the same stream whole, byte by
-byte and in random pieces; one test speaks the codec to a real mosquitto.
+byte and in random pieces. The codec spoken to a real mosquitto: tests/system/test_mqtt_wire.py.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import select
 import socket
 import threading
 from typing import Any
@@ -22,8 +21,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
-from helpers.mosquitto import Mosquitto, free_port
-from helpers.mqtt import Collector, wait_until
+from helpers.mosquitto import free_port
+from helpers.wire import EXIT_PROPS, flat
 from procmon.broker_url import describe_connect_error, describe_refusal, parse_broker_url
 from procmon.sinks import mqtt_wire as wire
 from procmon.sinks.mqtt_conn import (
@@ -32,7 +31,6 @@ from procmon.sinks.mqtt_conn import (
     connack_reason,
     open_link,
     reason,
-    refused,
 )
 from procmon.sinks.mqtt_wire import (
     PROTOCOL_5,
@@ -49,12 +47,6 @@ from procmon.sinks.mqtt_wire import (
 )
 
 PAHO_PROTOCOL = {PROTOCOL_5: mqtt.MQTTv5, PROTOCOL_311: mqtt.MQTTv311}
-EXIT_PROPS: list[tuple[int, Any]] = [
-    (wire.PAYLOAD_FORMAT_INDICATOR, 1),
-    (wire.MESSAGE_EXPIRY_INTERVAL, 3600),
-    (wire.CONTENT_TYPE, "application/json"),
-    (wire.USER_PROPERTY, ("schema", "procmon.exit/v1")),
-]
 
 
 def paho_publish_properties(expiry: int = 3600) -> Any:
@@ -399,14 +391,6 @@ def test_decoder_handles_partial_reads() -> None:
         assert flat(pieces) == expected
 
 
-def flat(packets: list[Any]) -> list[Any]:
-    """PubAcks spelt out as the PubAck packets they stand for."""
-    out: list[Any] = []
-    for p in packets:
-        out += [PubAck(i, 0) for i in p.packet_ids] if isinstance(p, PubAcks) else [p]
-    return out
-
-
 @pytest.mark.parametrize("protocol", [PROTOCOL_5, PROTOCOL_311])
 def test_a_read_of_plain_pubacks_is_one_pubacks(protocol: int) -> None:
     ids = [1, 2, 65535, 7, *range(100, 1100)]
@@ -476,68 +460,7 @@ def test_backoff_doubles_to_the_cap_and_resets() -> None:
     assert backoff.next() == 1.0
 
 
-# --- against a real broker ---------------------------------------------------------------------
-
-
-def read_packets(sock: socket.socket, decoder: Decoder, count: int) -> list[Any]:
-    got: list[Any] = []
-    while len(flat(got)) < count:
-        data = sock.recv(65536)
-        assert data, "the broker closed the connection"
-        got += decoder.feed(data)
-    return got
-
-
-@pytest.mark.parametrize("protocol", [PROTOCOL_5, PROTOCOL_311])
-def test_a_broker_understands_the_codec(broker: Mosquitto, protocol: int) -> None:
-    topic = f"wire/{protocol}"
-    collector = Collector(broker, [f"{topic}/#"])
-    props = EXIT_PROPS if protocol == PROTOCOL_5 else []
-    encoder = PublishEncoder(f"{topic}/exits", protocol=protocol, properties=props)
-    with socket.create_connection(("127.0.0.1", broker.port), timeout=30) as sock:
-        sock.sendall(
-            wire.encode_connect(protocol=protocol, client_id=f"wire-{protocol}", keepalive=10)
-        )
-        decoder = Decoder(protocol)
-        (connack,) = read_packets(sock, decoder, 1)
-        assert connack == ConnAck(False, 0, connack.properties)
-        batch = bytearray()
-        for packet_id in range(1, 501):  # one write for the whole batch
-            encoder.encode_into(batch, packet_id, b'{"n": %d}' % packet_id)
-        batch += wire.encode_pingreq()
-        sock.sendall(batch)
-        replies = flat(read_packets(sock, decoder, 501))
-        assert sorted(p.packet_id for p in replies if isinstance(p, PubAck)) == list(range(1, 501))
-        assert PingResp() in replies
-        sock.sendall(wire.encode_disconnect(protocol))
-        assert sock.recv(10) == b""  # the broker closes after DISCONNECT
-    wait_until(lambda: len(collector.on(f"{topic}/exits")) == 500, what="500 messages")
-    messages = collector.on(f"{topic}/exits")
-    assert [m.json()["n"] for m in messages] == list(range(1, 501))
-    if protocol == PROTOCOL_5:
-        assert messages[0].properties.ContentType == "application/json"
-        assert messages[0].user_properties() == {"schema": "procmon.exit/v1"}
-    collector.close()
-
-
-def test_open_link_shakes_hands_and_the_link_reads_replies(broker: Mosquitto) -> None:
-    stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    try:
-        packet = wire.encode_connect(protocol=PROTOCOL_5, client_id="link-test", keepalive=10)
-        link, connack = open_link(parse_broker_url(broker.url), None, packet, PROTOCOL_5, stop)
-        try:
-            assert not refused(connack)
-            link.out += wire.encode_pingreq()
-            assert link.flush() and not link.out
-            poller = select.poll()
-            poller.register(link.sock, select.POLLIN)
-            assert poller.poll(30_000)
-            assert link.read() == [PingResp()]
-            assert link.read() is None  # nothing more: the socket does not block
-        finally:
-            link.close()
-    finally:
-        os.close(stop)
+# --- connection failures, without a broker ----------------------------------------------------
 
 
 def test_open_link_failures_are_the_errors_the_reporter_words() -> None:
