@@ -68,6 +68,8 @@ test: setup lint
 unit: $(VENV)/bin/pytest
 	CI=$${CI:-} $(PY) -m pytest tests/unit -ra
 
+# mypy, strict: the package and tests/ (pyproject's [tool.mypy] files), then bench/, which
+# imports the tests' helpers.mosquitto.
 lint:
 	$(VENV)/bin/ruff check agent tests bench
 	$(VENV)/bin/ruff format --check agent tests bench

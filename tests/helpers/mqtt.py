@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -29,6 +29,9 @@ from paho.mqtt.properties import Properties
 
 from helpers.common import REPO
 from helpers.mosquitto import Mosquitto
+
+if TYPE_CHECKING:
+    from procmon.event import ExitEvent
 
 PY = sys.executable
 SLOW = 120.0  # default deadline for anything that should take a second on a quiet machine
@@ -348,13 +351,18 @@ class Storm:
         assert self.proc is not None
         self.proc.wait(timeout=timeout)
 
+    def kill(self) -> None:
+        """Kill the storm's main process if it was started (a finalizer: safe at any time)."""
+        if self.proc is not None:
+            self.proc.kill()
+
 
 # --- events and raw publishing -------------------------------------------------------------
 
 BOOT_ID = "0123abcd-0000-4000-8000-00000000beef"
 
 
-def sample_event(n: int, host: str = "sample-host") -> Any:
+def sample_event(n: int, host: str = "sample-host") -> ExitEvent:
     """A valid ExitEvent numbered n (pid n), for tests that need no probe."""
     from procmon.event import ExitEvent
 

@@ -290,7 +290,7 @@ def test_broker_down_for_a_while_then_everything_is_replayed(
     broker, agent, recorder = _loopback_setup(tmp_path, cleanup)
     n = int(rate * (OUTAGE_S + 10))
     storm = Storm(forkstorm, tmp_path / "bin").start(n, rate=rate, pid_namespace_of=agent.pid)
-    cleanup(lambda: storm.proc and storm.proc.kill())
+    cleanup(storm.kill)
     wait_until(lambda: len(storm_exits(recorder, storm)) >= 200, SLOW, "the stream")
     broker.stop()
     down_at = time.monotonic()
@@ -332,7 +332,7 @@ def test_broker_restarted_five_times_in_a_minute(
     broker, agent, recorder = _loopback_setup(tmp_path, cleanup)
     n = rate * 60
     storm = Storm(forkstorm, tmp_path / "bin").start(n, rate=rate, pid_namespace_of=agent.pid)
-    cleanup(lambda: storm.proc and storm.proc.kill())
+    cleanup(storm.kill)
     wait_until(lambda: len(storm_exits(recorder, storm)) >= 200, SLOW, "the stream")
     first = time.monotonic()
     for i in range(5):
@@ -391,7 +391,7 @@ def test_network_cut_then_restored_loses_nothing(
     rate, seconds = 300, 40
     n = rate * seconds
     storm = Storm(forkstorm, tmp_path / "bin").start(n, rate=rate, pid_namespace_of=agent.pid)
-    cleanup(lambda: storm.proc and storm.proc.kill())
+    cleanup(storm.kill)
     wait_until(lambda: len(storm_exits(recorder, storm)) >= 300, SLOW, "the stream")
     lost_lines = agent.stderr().count("connection lost")
     if fault == "link-down":
@@ -463,7 +463,7 @@ def test_ring_overrun_drop_count_is_exact(
     cleanup(recorder.close)
     n = 20000
     storm = Storm(forkstorm, tmp_path / "bin").start(n, pid_namespace_of=agent.pid)
-    cleanup(lambda: storm.proc and storm.proc.kill())
+    cleanup(storm.kill)
     storm.wait(timeout=SLOW * 3)
     generated = n + 2
 
@@ -542,7 +542,7 @@ def test_spool_disk_full_keeps_running_counts_and_recovers(
     broker.stop()
     n = 10000  # about 8 MB in the spool: twice the disk
     storm = Storm(forkstorm, tmp_path / "bin").start(n, rate=1000, pid_namespace_of=agent.pid)
-    cleanup(lambda: storm.proc and storm.proc.kill())
+    cleanup(storm.kill)
     storm.wait(timeout=SLOW * 3)
     wait_until(lambda: "cannot store" in agent.stderr(), SLOW, "the disk to fill up")
     assert agent.alive, agent.stderr()
@@ -556,7 +556,7 @@ def test_spool_disk_full_keeps_running_counts_and_recovers(
     first = storm_exits(recorder, storm)
     # Live events again once the broker is back: a second storm arrives whole.
     again = Storm(forkstorm, tmp_path / "bin2").start(500, rate=500, pid_namespace_of=agent.pid)
-    cleanup(lambda: again.proc and again.proc.kill())
+    cleanup(again.kill)
     again.wait(timeout=SLOW)
     wait_all(recorder, again, 502)
     final = wait_settled(recorder, agent)
@@ -648,7 +648,7 @@ def test_slow_broker_keeps_agent_memory_bounded(
     rss_start = agent.rss_kb()
     n = 20000
     storm = Storm(forkstorm, tmp_path / "bin").start(n, rate=2000, pid_namespace_of=agent.pid)
-    cleanup(lambda: storm.proc and storm.proc.kill())
+    cleanup(storm.kill)
     samples: list[int] = []
     depth = 0
     started = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 from procmon.config import EnrichConfig
@@ -169,10 +170,10 @@ def test_entry_of_an_earlier_exec_is_not_taken_for_a_lost_one() -> None:
 
 def test_same_command_line_is_shaped_once() -> None:
     ctx = ProcessContext(EnrichConfig())
-    calls = []
+    calls: list[Sequence[str]] = []
     redact = ctx._redactor.redact
 
-    def counting(args: list[str]) -> tuple[list[str], bool]:
+    def counting(args: Sequence[str]) -> tuple[list[str], bool]:
         calls.append(args)
         return redact(args)
 
@@ -231,7 +232,7 @@ def test_cgroup2_mount_from_mountinfo(tmp_path: Path) -> None:
 def test_a_failing_redaction_rule_costs_neither_the_event_nor_a_secret() -> None:
     ctx = ProcessContext(EnrichConfig())
 
-    def broken(args: list[str]) -> tuple[list[str], bool]:
+    def broken(args: Sequence[str]) -> tuple[list[str], bool]:
         raise ValueError("a rule's bug")
 
     ctx._redactor.redact = broken  # type: ignore[method-assign]

@@ -43,7 +43,7 @@ from procmon.probe.record import (
     decode,
     encode_exit,
 )
-from procmon.sinks.stdout import SEED_PREFIX, render
+from procmon.sinks.stdout import SEED_PREFIX, TextFormat, render
 from procmon.subscribe import ExitConsumer
 
 SCHEMA = json.loads((REPO / "schemas/exit-event.v1.json").read_text())
@@ -102,6 +102,7 @@ def test_any_task_name_gives_valid_output_in_every_format(
 ) -> None:
     comm = comm[:15]
     raw = decode(record(comm, thread, pid, status))
+    assert isinstance(raw, RawExit)
     assert raw.comm == raw.parent_comm == comm  # the decoder keeps the bytes up to the NUL
     event = EventBuilder("host-a", "core", boot_id=BOOT_ID).build(raw)
     event.comm.encode("utf-8")  # a str without lone surrogates
@@ -115,7 +116,8 @@ def test_any_task_name_gives_valid_output_in_every_format(
     if comm.isascii() and comm.isalnum():
         assert document["comm"] == comm.decode()
 
-    for fmt, lines in (("human", 1), ("seed", 2)):
+    formats: tuple[tuple[TextFormat, int], ...] = (("human", 1), ("seed", 2))
+    for fmt, lines in formats:
         text = render(event, fmt).decode("utf-8")  # valid UTF-8, always
         assert text.endswith("\n")
         body = text[:-1].split("\n")
@@ -157,7 +159,9 @@ def test_any_exec_and_cgroup_bytes_give_a_valid_event(
     context.observe(decode(exec_bytes(filename, argv, truncated)))  # type: ignore[arg-type]
     mkdir = struct.pack("<IIQQ", KIND_CGROUP_MKDIR, len(path), 42, 1) + path
     context.observe(decode(mkdir))  # type: ignore[arg-type]
-    raw = decode(record(b"app", False, 4242, 0))._replace(start_boot_ns=4_000_000_000, cgroup_id=42)
+    exit_record = decode(record(b"app", False, 4242, 0))
+    assert isinstance(exit_record, RawExit)
+    raw = exit_record._replace(start_boot_ns=4_000_000_000, cgroup_id=42)
     event = EventBuilder("host-a", "core", boot_id=BOOT_ID, context=context).build(raw)
     assert event.exec_source == "exec" and event.exe is not None
     line = render(event, "json")

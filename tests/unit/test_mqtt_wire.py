@@ -165,10 +165,11 @@ def test_publish_is_byte_for_byte_paho_and_decodes_with_paho(
     assert decoded.payload == payload
     assert (decoded.qos, decoded.mid, decoded.retain, decoded.dup) == (1, 4242, retain, False)
     if protocol == PROTOCOL_5:
-        assert decoded.properties.ContentType == "application/json"
-        assert decoded.properties.PayloadFormatIndicator == 1
-        assert decoded.properties.MessageExpiryInterval == 3600
-        assert decoded.properties.UserProperty == [("schema", "procmon.exit/v1")]
+        got: Any = decoded.properties  # paho's Properties: the names are set as attributes
+        assert got.ContentType == "application/json"
+        assert got.PayloadFormatIndicator == 1
+        assert got.MessageExpiryInterval == 3600
+        assert got.UserProperty == [("schema", "procmon.exit/v1")]
 
 
 def test_publish_encoder_batches_into_one_buffer() -> None:
