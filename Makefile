@@ -1,5 +1,6 @@
 # procmon: `make demo` runs the agent with a local broker; `make test` runs every test.
 # Both start from a fresh Debian 12 machine as root: `make setup` installs what they need.
+# `make unit` runs tests/unit only: no root, apt, broker or eBPF, just the venv.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	systemd-container debootstrap openssh-client openssl shellcheck \
 	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64 nftables iproute2
 
-.PHONY: setup apt venv bpf tracefs demo test lint schema clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost soak
+.PHONY: setup apt venv bpf tracefs demo test unit lint schema clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost soak
 
 setup: apt venv bpf tracefs
 	$(PY) -m pip install -q -e '.[dev]'
@@ -34,6 +35,10 @@ venv: $(VENV)/bin/python
 $(VENV)/bin/python:
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q -U pip
+
+# The package and the dev tools in the venv, once, for `make unit` (which needs nothing else).
+$(VENV)/bin/pytest: | $(VENV)/bin/python
+	$(PY) -m pip install -q -e '.[dev]'
 
 $(VMLINUX):
 	@mkdir -p build
@@ -59,13 +64,19 @@ demo: setup
 test: setup lint
 	CI=$${CI:-} $(PY) -m pytest -ra
 
+# tests/unit: no root, network, broker or eBPF (tests/system has those), so no apt and no set-up.
+unit: $(VENV)/bin/pytest
+	CI=$${CI:-} $(PY) -m pytest tests/unit -ra
+
+# mypy, strict: the package and tests/ (pyproject's [tool.mypy] files), then bench/, which
+# imports the tests' helpers.mosquitto.
 lint:
 	$(VENV)/bin/ruff check agent tests bench
 	$(VENV)/bin/ruff format --check agent tests bench
 	$(VENV)/bin/mypy
 	MYPYPATH=tests $(VENV)/bin/mypy bench
 	cd ansible && ../$(VENV)/bin/ansible-lint --profile production
-	shellcheck tests/fleet/fleet.sh
+	shellcheck tests/system/fleet/fleet.sh
 
 # procmon against exitsnoop, bpftrace and forkstat: bench/results.md and bench/results.png.
 BENCH_APT := libbpf-tools bpftrace forkstat

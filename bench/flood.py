@@ -32,8 +32,8 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO / "tests"))
 
+from helpers.mosquitto import Mosquitto  # noqa: E402
 from monitors import cpu_seconds  # noqa: E402
-from mosquitto import Mosquitto  # noqa: E402
 from results_section import write_section  # noqa: E402
 
 MARKERS = 10

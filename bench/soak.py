@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from mosquitto import Mosquitto  # noqa: E402 - the tests' broker helper
+from helpers.mosquitto import Mosquitto  # noqa: E402 - the tests' broker helper
 
 SAMPLE_S = 10.0
 WARMUP_S = 120.0

@@ -1,0 +1,126 @@
+"""The record → ExitEvent step, without a kernel: decoding, signals, CPU split, hostile bytes."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from procmon.event import EventBuilder, ExitEvent, _split_cputime
+from procmon.probe.record import (
+    EXIT_RECORD_SIZE,
+    FLAG_GROUP_DEAD,
+    FLAG_THREAD,
+    RawExit,
+    decode,
+    encode_exit,
+)
+from procmon.sinks.stdout import render, seed_lines
+
+BOOT_ID = "0f6d1f9e-3c1a-4d8b-9a57-1b2c3d4e5f60"
+
+
+def raw(**overrides: object) -> RawExit:
+    base = dict(
+        ts_boot_ns=5_000_000_000,
+        start_boot_ns=4_000_000_000,
+        utime_ns=8_000_000,
+        stime_ns=4_000_000,
+        runtime_ns=15_000_000,
+        max_rss_pages=100,
+        cgroup_id=42,
+        pid=1234,
+        tid=1234,
+        ppid=1200,
+        uid=1000,
+        gid=1000,
+        exit_code=3 << 8,
+        pidns_inode=4026531836,
+        ns_pid=1234,
+        flags=FLAG_GROUP_DEAD,
+        comm=b"ls",
+        parent_comm=b"bash",
+    )
+    base.update(overrides)
+    return RawExit(**base)  # type: ignore[arg-type]
+
+
+def builder() -> EventBuilder:
+    return EventBuilder("host-a", "core", boot_id=BOOT_ID)
+
+
+def test_record_layout_matches_c_struct() -> None:
+    assert EXIT_RECORD_SIZE == 144  # sizeof(struct exit_record) in bpf/exit_record.h
+    record = raw(comm=b"sh")
+    assert decode(encode_exit(record)) == record
+
+
+def test_exit_code_and_no_signal() -> None:
+    ev = builder().build(raw())
+    assert (ev.exit_code, ev.signal, ev.core_dumped) == (3, None, False)
+    assert ev.scope == "process"
+    assert ev.event_id == f"{BOOT_ID}:1234:4000000000"
+
+
+def test_signal_with_core() -> None:
+    ev = builder().build(raw(exit_code=signal.SIGSEGV | 0x80))
+    assert ev.signal is not None
+    assert (ev.signal.number, ev.signal.name) == (11, "SIGSEGV")
+    assert ev.core_dumped and ev.exit_code == 0
+
+
+def test_unnamed_signal_number() -> None:
+    ev = builder().build(raw(exit_code=100))
+    assert ev.signal is not None and ev.signal.name == "SIG100"
+
+
+def test_thread_event_id_differs_from_process() -> None:
+    b = builder()
+    assert b.build(raw(flags=FLAG_THREAD)).event_id != b.build(raw()).event_id
+
+
+def test_cputime_is_scaled_to_runtime_like_the_kernel() -> None:
+    assert _split_cputime(8, 4, 15) == (10, 5)
+    assert _split_cputime(0, 0, 7) == (7, 0)  # no tick sampled: all user, as cputime_adjust
+    ev = builder().build(raw())
+    assert ev.utime_ns + ev.stime_ns == 15_000_000
+
+
+def test_times_and_age() -> None:
+    ev = builder().build(raw())
+    assert ev.age_ns == 1_000_000_000
+    assert ev.time.endswith("Z") and len(ev.time.split(".")[1]) == 10
+
+
+def test_seed_lines() -> None:
+    first, second = seed_lines(builder().build(raw(utime_ns=2, stime_ns=1, runtime_ns=3)))
+    assert first == "PROCESS_MONITOR: Process exiting - PID: 1234, Name: ls, Parent PID: 1200"
+    assert second == "PROCESS_MONITOR:   User time: 2 ns, System time: 1 ns"
+
+
+@given(st.binary(max_size=16))
+def test_any_comm_bytes_give_valid_json(comm: bytes) -> None:
+    comm = comm.split(b"\0")[0]
+    ev = builder().build(raw(comm=comm))
+    for fmt in ("json", "human", "seed"):
+        out = render(ev, fmt)
+        out.decode("utf-8")  # every format stays valid UTF-8
+    line = render(ev, "json")
+    parsed = json.loads(line)
+    assert ExitEvent.model_validate(parsed) == ev
+    assert b"\n" not in line[:-1]
+
+
+@given(
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 0xFFFF),
+)
+def test_extreme_numbers_never_crash(utime: int, rss: int, pid: int, status: int) -> None:
+    ev = builder().build(
+        raw(utime_ns=utime, runtime_ns=utime, max_rss_pages=rss // 8, pid=pid, exit_code=status)
+    )
+    assert ExitEvent.model_validate_json(render(ev, "json")) == ev
