@@ -25,7 +25,6 @@ from itertools import cycle
 from pathlib import Path
 from types import ModuleType
 
-from procmon.config import EnrichConfig
 from procmon.enrich.context import ProcessContext
 from procmon.probe.record import (
     EXEC_HEADER,
@@ -106,7 +105,7 @@ def measure(argv: list[bytes], old: ModuleType, number: int) -> dict[str, float]
     blob = blob_of(argv)
     # The exit follows its exec: its record is decoded by the exit's own path, not timed here.
     pairs = cycle([(exec_record(blob, pid), exit_of(pid)) for pid in range(10, 10 + number)])
-    ctx = ProcessContext(EnrichConfig())
+    ctx = ProcessContext()
     observe, for_exit, shaped = ctx.observe, ctx.for_exit, ctx._shaped
 
     def event_miss() -> None:

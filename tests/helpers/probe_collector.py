@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from procmon.assemble import context_settings
 from procmon.config import EnrichConfig
 from procmon.enrich.context import ProcessContext
 from procmon.event import EventBuilder, ExitEvent
@@ -19,7 +20,8 @@ class Collector:
 
     def __init__(self, knobs: ProbeKnobs, enrich: EnrichConfig | None = None) -> None:
         self.probe = CoreProbe(knobs)
-        self.context = ProcessContext(enrich or EnrichConfig()) if self.probe.has_context else None
+        settings = context_settings(enrich or EnrichConfig())
+        self.context = ProcessContext(settings) if self.probe.has_context else None
         self.builder = EventBuilder("test-host", "core", context=self.context)
         self.events: list[ExitEvent] = []
 

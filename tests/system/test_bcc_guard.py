@@ -18,15 +18,17 @@ from pathlib import Path
 import pytest
 
 from helpers.common import REPO, require
+from procmon import preflight
 from procmon.probe import ProbeKnobs, bcc_guard
 from procmon.probe.bcc import BccProbe
-from procmon.probe.bcc_guard import Btf, GuardError
+from procmon.probe.bcc_guard import GuardError
+from procmon.probe.btf import BTF_PATH, Btf
 
 BCC_SOURCE = REPO / "bpf/exit.bcc.c"
 
 
 def test_running_kernel_btf_has_every_field() -> None:
-    require(bcc_guard.BTF_PATH.exists(), f"needs {bcc_guard.BTF_PATH}")
+    require(BTF_PATH.exists(), f"needs {BTF_PATH}")
     btf = Btf.from_file()
     missing = [f for f in bcc_guard.FIELDS if btf.offset(f) is None]
     assert missing == []
@@ -52,7 +54,7 @@ def _debian_61_headers() -> tuple[Path, Path] | None:
 def foreign_headers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A merged 6.1 tree (symlinks, so it costs nothing) for a kernel that is not 6.1."""
     require(os.geteuid() == 0, "needs root to compile and load with bcc")
-    require(bcc_guard.BTF_PATH.exists(), "needs a kernel with BTF")
+    require(BTF_PATH.exists(), "needs a kernel with BTF")
     require(not os.uname().release.startswith("6.1."), "needs a kernel other than 6.1")
     try:
         import bcc  # noqa: F401
@@ -121,8 +123,8 @@ def test_check_lines_report_the_refusal(
     foreign_headers: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BCC_KERNEL_SOURCE", str(foreign_headers))
-    lines = bcc_guard.bcc_check_lines(source=BCC_SOURCE)
-    items = {item: (ok, detail) for item, ok, detail in lines}
+    lines = preflight.bcc_lines(source=BCC_SOURCE)
+    items = {line.item: (line.ok, line.detail) for line in lines}
     assert items["bcc python module"][0]
     release = bcc_guard.uts_release(foreign_headers)
     assert items["kernel headers"] == (

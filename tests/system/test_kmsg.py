@@ -38,7 +38,7 @@ def test_seed_lines_reach_dmesg() -> None:
     sink = KmsgSink()
     sink.emit([event])
     total = secrets.randbelow(10**9)
-    sink.write_total(total)
+    sink.on_stop(total)
     sink.close()
     log = subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout
     assert f"PROCESS_MONITOR: Process exiting - PID: 4242, Name: {name}, Parent PID: 1" in log

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from helpers.common import REPO
+from procmon import preflight
 from procmon.probe import ProbeKnobs, bcc_guard
 from procmon.probe.bcc import BccProbe
-from procmon.probe.bcc_guard import Btf, GuardError
+from procmon.probe.bcc_guard import GuardError
+from procmon.probe.btf import Btf, BtfError
 
 BCC_SOURCE = REPO / "bpf/exit.bcc.c"
 
@@ -98,7 +100,7 @@ def test_btf_bit_offsets_of_bitfields() -> None:
 
 
 def test_btf_bad_magic_names_the_file() -> None:
-    with pytest.raises(GuardError, match=r"^/x/vmlinux: not a BTF blob"):
+    with pytest.raises(BtfError, match=r"^/x/vmlinux: not a BTF blob"):
         Btf(b"\0" * 32, "/x/vmlinux")
 
 
@@ -218,8 +220,8 @@ def test_every_guarded_field_is_read_by_the_probe() -> None:
 
 def test_check_lines_without_headers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("BCC_KERNEL_SOURCE", str(tmp_path / "missing"))
-    lines = bcc_guard.bcc_check_lines(source=BCC_SOURCE)
-    items = {item: (ok, detail) for item, ok, detail in lines}
+    lines = preflight.bcc_lines(source=BCC_SOURCE)
+    items = {line.item: (line.ok, line.detail) for line in lines}
     assert items["kernel headers"][0] is False
     assert items["bcc offset guard"] == (False, "not run: needs bcc and kernel headers")
 

@@ -81,6 +81,9 @@ class ListSink:
     def emit(self, events: Any) -> None:
         self.events += events
 
+    def on_stop(self, total: int) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -7,6 +7,7 @@ import struct
 from collections.abc import Sequence
 from pathlib import Path
 
+from procmon.assemble import context_settings
 from procmon.config import EnrichConfig
 from procmon.enrich.cgroup_cache import CgroupCache, cgroup2_mount
 from procmon.enrich.context import ProcessContext
@@ -77,7 +78,7 @@ def test_cgroup_created_in_a_namespace_is_named_under_its_parent() -> None:
 
 
 def test_exit_takes_own_entry_then_forgets_it() -> None:
-    ctx = ProcessContext(EnrichConfig())
+    ctx = ProcessContext()
     ctx.observe(RawExec(1, 100, 10, b"/bin/app", b"app\0--password=x", False))
     fields = ctx.for_exit(exit_of(10, 100))
     assert fields["exe"] == "/bin/app" and fields["args"] == ("app", "--password=<redacted>")
@@ -85,7 +86,7 @@ def test_exit_takes_own_entry_then_forgets_it() -> None:
 
 
 def test_extra_redact_patterns_add_to_the_defaults() -> None:
-    ctx = ProcessContext(EnrichConfig(redact_extra=(r"--pin=(?P<secret>\d+)",)))
+    ctx = ProcessContext(context_settings(EnrichConfig(redact_extra=(r"--pin=(?P<secret>\d+)",))))
     ctx.observe(RawExec(1, 100, 10, b"/bin/app", b"app\0--pin=1234\0--token=t", False))
     assert ctx.for_exit(exit_of(10, 100))["args"] == (
         "app",
@@ -130,7 +131,7 @@ def test_proc_seed_matches_start_ticks_and_cuts_long_command_lines(tmp_path: Pat
     fake_proc(tmp_path, 51, "long", 99, b"x" * 5000 + b"\0")
     fake_proc(tmp_path, 52, "sshd", 7, b"sshd: [net]" + b"\0" * 40)
     (tmp_path / "self").mkdir()
-    ctx = ProcessContext(EnrichConfig())
+    ctx = ProcessContext()
     ctx.seed(proc=str(tmp_path), cgroup_root=str(tmp_path / "none"))
     start_ns = 1234 * 1_000_000_000 // HZ
     fields = ctx.for_exit(exit_of(50, start_ns))
@@ -147,7 +148,7 @@ def test_capture_args_off_holds_for_proc_seeds(tmp_path: Path) -> None:
     keeps in the kernel for every later exec (one run sent a raw -pSECRET this way)."""
     fake_proc(tmp_path, 60, "mysql", 55, b"mysql\0-pSECRET\0")
     (tmp_path / "self").mkdir()
-    ctx = ProcessContext(EnrichConfig(capture_args=False))
+    ctx = ProcessContext(context_settings(EnrichConfig(capture_args=False)))
     ctx.seed(proc=str(tmp_path), cgroup_root=str(tmp_path / "none"))
     fields = ctx.for_exit(exit_of(60, 55 * 1_000_000_000 // HZ))
     assert fields["exe"] == "/usr/bin/thing" and fields["args"] is None
@@ -169,7 +170,7 @@ def test_entry_of_an_earlier_exec_is_not_taken_for_a_lost_one() -> None:
 
 
 def test_same_command_line_is_shaped_once() -> None:
-    ctx = ProcessContext(EnrichConfig())
+    ctx = ProcessContext()
     calls: list[Sequence[str]] = []
     redact = ctx._redactor.redact
 
@@ -230,7 +231,7 @@ def test_cgroup2_mount_from_mountinfo(tmp_path: Path) -> None:
 
 
 def test_a_failing_redaction_rule_costs_neither_the_event_nor_a_secret() -> None:
-    ctx = ProcessContext(EnrichConfig())
+    ctx = ProcessContext()
 
     def broken(args: Sequence[str]) -> tuple[list[str], bool]:
         raise ValueError("a rule's bug")

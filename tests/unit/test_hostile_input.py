@@ -29,7 +29,7 @@ from helpers.common import REPO
 from helpers.garbage import GARBAGE
 from helpers.mqtt import PY, SLOW, sample_event
 from procmon.broker_url import BrokerConfigError, BrokerOptions
-from procmon.config import ConfigError, EnrichConfig, load_config
+from procmon.config import ConfigError, load_config
 from procmon.enrich.context import ProcessContext
 from procmon.event import EventBuilder, ExitEvent
 from procmon.probe.record import (
@@ -154,7 +154,7 @@ def exec_bytes(filename: bytes, argv: list[bytes], truncated: bool) -> bytes:
 def test_any_exec_and_cgroup_bytes_give_a_valid_event(
     filename: bytes, argv: list[bytes], truncated: bool, cgroup: bytes
 ) -> None:
-    context = ProcessContext(EnrichConfig())
+    context = ProcessContext()
     path = cgroup + b"\0"
     context.observe(decode(exec_bytes(filename, argv, truncated)))  # type: ignore[arg-type]
     mkdir = struct.pack("<IIQQ", KIND_CGROUP_MKDIR, len(path), 42, 1) + path
