@@ -376,9 +376,10 @@ def _check_exec_context(event: dict[str, Any], truth: dict[str, Any]) -> None:
 
 def test_context_short_lived_process(backend: str, deployed: Deployment) -> None:
     """Gone within milliseconds, before anything could read /proc: exe and args still
-    arrive. TCG may stretch a run past 5 ms: a few tries, the shortest is recorded."""
+    arrive. A loaded host may stretch one TCG run past 5 ms: up to 20 tries, the shortest is
+    recorded, and every one must carry its exec context."""
     ages = []
-    for _ in range(5):
+    for _ in range(20):
         truth = deployed.run_context_case("short_lived")
         event = deployed.process_event(truth["pid"])
         _check_exec_context(event, truth)
