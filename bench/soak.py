@@ -3,7 +3,7 @@
     .venv/bin/python bench/soak.py                 # 30 minutes at 500 exits/s -> bench/soak.md
     .venv/bin/python bench/soak.py --minutes 2 --out /tmp/soak.md   # a smoke run
 
-A local mosquitto (tests/mosquitto.py), the agent as pid 1 of its own pid namespace with
+A local mosquitto (tests/helpers/mosquitto.py), the agent as pid 1 of its own pid namespace with
 probe.pidns_scope=true, and bench/forkstorm paced to RATE in that namespace, so the agent sees
 exactly the load's exits. A subscriber counts distinct event ids. Every 10 s the agent's VmRSS
 and CPU time (/proc/PID/stat utime+stime) are sampled; a least-squares line through the samples

@@ -4,7 +4,7 @@ argv is world-readable on the host, but an exit record travels to a broker and i
 Rules err towards hiding too much: a hidden harmless word costs a little reading, a leaked
 password a rotation. This runs for every exec and a local user picks the argv, so its cost is
 bounded. What is caught and how the bound holds: docs/design.md; real-world lines are in
-tests/redact_corpus.py.
+tests/helpers/redact_corpus.py.
 """
 
 from __future__ import annotations
