@@ -21,6 +21,8 @@
  *   PROCMON_CAPTURE_ARGS                     0 or 1: exec records carry argv
  *   PROCMON_CONTEXT_FILL_MAX                 context records only below this fill (bytes);
  *                                            0 = no limit (see context_admitted)
+ *   PROCMON_CAPTURE_KILLER                   0 or 1: compile the signal and OOM programs
+ *   PROCMON_OOM_TASK_ARG                     defined when mark_victim passes (task, uid)
  *   PROCMON_OFFSETS_ONLY                     defined by the guard: headers only, no probe
  */
 #include <linux/sched.h>
@@ -78,6 +80,9 @@
 #ifndef PROCMON_CONTEXT_FILL_MAX
 #define PROCMON_CONTEXT_FILL_MAX 0
 #endif
+#ifndef PROCMON_CAPTURE_KILLER
+#define PROCMON_CAPTURE_KILLER 0
+#endif
 
 /* Explicit reads: bcc's implicit rewriting of a->b->c is convenient but hides which
  * loads happen; one READ per field keeps the list the guard checks easy to audit. */
@@ -126,6 +131,11 @@ BPF_TABLE("lru_hash", struct group_key, u8, reported, 16384);
  * far shorter than PROCMON_ARGS_LEN, and the ring is shared with exits. */
 BPF_PERCPU_ARRAY(exec_scratch, struct exec_record, 1);
 BPF_PERCPU_ARRAY(cgroup_scratch, struct cgroup_record, 1);
+#endif
+
+#if PROCMON_CAPTURE_KILLER
+/* The last fatal signal sent to each process (by tgid) until it exits, as in exit.bpf.c. */
+BPF_TABLE("lru_hash", u32, struct killer, killers, 16384);
 #endif
 
 static __always_inline void count(u32 slot)
@@ -313,6 +323,34 @@ static __always_inline void image_owner(struct task_struct *leader, struct exit_
 	}
 }
 
+/* The killer of a process that died of a signal: the last fatal signal recorded for it, if
+ * that is the signal it died of. The entry is dropped either way: the process is gone. */
+static __always_inline void fill_killer(struct exit_record *rec, u32 tgid, u32 status)
+{
+	rec->killer_flags = 0;
+	rec->killer_pid = 0;
+	rec->killer_uid = 0;
+	rec->killer_code = 0;
+	__builtin_memset(rec->killer_comm, 0, sizeof(rec->killer_comm));
+#if PROCMON_CAPTURE_KILLER
+	struct killer *k;
+
+	if (!tgid)
+		return;
+	k = killers.lookup(&tgid);
+	if (!k)
+		return;
+	if ((status & 0x7f) && k->sig == (status & 0x7f)) {
+		rec->killer_flags = k->flags;
+		rec->killer_pid = k->pid;
+		rec->killer_uid = k->uid;
+		rec->killer_code = k->code;
+		__builtin_memcpy(rec->killer_comm, k->comm, sizeof(rec->killer_comm));
+	}
+	killers.delete(&tgid);
+#endif
+}
+
 static __always_inline void emit(struct task_struct *task, struct task_struct *leader,
 				 struct signal_struct *sig, bool process, u32 code, u32 pidns,
 				 u32 ns_pid)
@@ -376,11 +414,13 @@ static __always_inline void emit(struct task_struct *task, struct task_struct *l
 			PM_READ(a, leader->se.sum_exec_runtime);
 			rec->runtime_ns += a;
 		}
+		fill_killer(rec, rec->pid, code);
 	} else {
 		PM_READ(rec->start_boot_ns, task->start_boottime);
 		PM_READ(rec->utime_ns, task->utime);
 		PM_READ(rec->stime_ns, task->stime);
 		PM_READ(rec->runtime_ns, task->se.sum_exec_runtime);
+		fill_killer(rec, 0, 0); /* clears the fields */
 	}
 
 	count(PROCMON_CNT_EMITTED);
@@ -603,5 +643,89 @@ int procmon_cgroup_rmdir_raw(struct bpf_raw_tracepoint_args *ctx)
 	return emit_cgroup((struct cgroup *)ctx->args[0], NULL, PROCMON_REC_CGROUP_RMDIR);
 }
 #endif /* PROCMON_CAPTURE_EXEC */
+
+#if PROCMON_CAPTURE_KILLER
+/* The killer programs, raw tracepoints attached beside the exit program as exit.bpf.c's
+ * (see there). Whether sig ends the task when delivered: its action is the default, and the
+ * default kills (not SIGCHLD, SIGCONT, SIGURG, SIGWINCH, nor a stop signal). */
+static __always_inline bool kills_by_default(struct task_struct *task, int sig)
+{
+	struct sighand_struct *sighand = NULL;
+	void *handler = (void *)1; /* SIG_IGN, if the read fails */
+
+	if (sig == 9)
+		return true;
+	if (sig < 1 || sig > 64 || sig == 17 || sig == 18 || sig == 23 || sig == 28 ||
+	    (sig >= 19 && sig <= 22))
+		return false;
+	PM_READ(sighand, task->sighand);
+	if (!sighand)
+		return false;
+	PM_READ(handler, sighand->action[sig - 1].sa.sa_handler);
+	return handler == NULL; /* SIG_DFL */
+}
+
+/* signal_generate(sig, info, task, group, result) */
+int procmon_signal_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	int sig = (int)ctx->args[0], result = (int)ctx->args[4];
+	unsigned long info = ctx->args[1];
+	struct task_struct *task = (struct task_struct *)ctx->args[2];
+	struct killer k = {}, *prev;
+	bool kernel = true;
+	u32 tgid = 0;
+
+	if (result != 0 && result != 4) /* TRACE_SIGNAL_DELIVERED, TRACE_SIGNAL_LOSE_INFO */
+		return 0;
+	if (!kills_by_default(task, sig))
+		return 0;
+	if (info > 1) {
+		PM_READ(k.code, ((struct kernel_siginfo *)info)->si_code);
+		kernel = k.code != 0 && k.code != -1 && k.code != -6; /* SI_USER, SI_QUEUE, SI_TKILL */
+	} else {
+		k.code = info ? 0x80 : 0; /* SEND_SIG_PRIV: SI_KERNEL; SEND_SIG_NOINFO: SI_USER */
+	}
+	k.sig = sig;
+	k.flags = PROCMON_K_KNOWN;
+	if (kernel) {
+		k.flags |= PROCMON_K_KERNEL;
+	} else {
+		k.pid = bpf_get_current_pid_tgid() >> 32;
+		k.uid = (u32)bpf_get_current_uid_gid();
+		bpf_get_current_comm(k.comm, sizeof(k.comm));
+	}
+	PM_READ(tgid, task->tgid);
+	prev = killers.lookup(&tgid);
+	if (prev && (prev->flags & PROCMON_K_OOM)) /* the OOM kill came first: it stays the cause */
+		return 0;
+	killers.update(&tgid, &k);
+	return 0;
+}
+
+/* mark_victim, right after the OOM killer's SIGKILL: (pid), or (task, uid) on kernels whose
+ * event has a uid field. */
+int procmon_oom_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct killer k = {}, *prev;
+	u32 tgid = 0;
+#ifdef PROCMON_OOM_TASK_ARG
+	struct task_struct *task = (struct task_struct *)ctx->args[0];
+
+	PM_READ(tgid, task->tgid);
+#else
+	tgid = (u32)ctx->args[0];
+#endif
+	prev = killers.lookup(&tgid);
+	if (prev) {
+		prev->flags |= PROCMON_K_OOM;
+		return 0;
+	}
+	k.sig = 9;
+	k.flags = PROCMON_K_KNOWN | PROCMON_K_KERNEL | PROCMON_K_OOM;
+	k.code = 0x80; /* SI_KERNEL */
+	killers.update(&tgid, &k);
+	return 0;
+}
+#endif /* PROCMON_CAPTURE_KILLER */
 
 #endif /* PROCMON_OFFSETS_ONLY */

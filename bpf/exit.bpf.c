@@ -2,6 +2,7 @@
 /* procmon CO-RE probe: one record per process exit (or per thread exit on request), plus
  * the context userspace joins to exits: a slim record per exec (executable and args, read
  * while the process still has them) and per cgroup v2 creation and removal (its path).
+ * Exits by a signal carry who sent it, kept from signal_generate until the exit.
  * Filters run in the kernel, set before load as const volatile knobs, so that
  * unwanted exits never cost a ring-buffer record or a wakeup. */
 #include "vmlinux.h"
@@ -11,6 +12,12 @@
 #include "exit_record.h"
 
 #define SIGNAL_GROUP_EXIT 0x00000004
+#define PM_SI_USER 0
+#define PM_SI_QUEUE -1
+#define PM_SI_TKILL -6
+#define PM_SI_KERNEL 0x80
+#define PM_SIGNAL_DELIVERED 0 /* the tracepoint's result: enum trace_signal_deliver */
+#define PM_SIGNAL_LOSE_INFO 4
 
 const volatile bool per_thread = false;   /* report every thread exit, not only group ends */
 const volatile bool failed_only = false;  /* drop exits with status 0 and no signal */
@@ -66,6 +73,16 @@ struct {
 	__type(key, __u32);
 	__type(value, struct cgroup_record);
 } cgroup_scratch SEC(".maps");
+
+/* The last fatal signal sent to each process (by tgid) until it exits: a fatal signal is
+ * one whose action is the default and kills. LRU: a process that never exits (the signal was
+ * blocked, then handled) is forgotten first. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct killer);
+} killers SEC(".maps");
 
 /* Processes already reported, keyed by (signal_struct, leader start time). Only kernels
  * whose tracepoint lacks group_dead (e.g. 6.1) use it: two threads dying together can
@@ -195,6 +212,29 @@ static __always_inline void image_owner(struct task_struct *leader, struct exit_
 	}
 }
 
+/* The killer of a process that died of a signal: the last fatal signal recorded for it, if
+ * that is the signal it died of. The entry is dropped either way: the process is gone. */
+static __always_inline void fill_killer(struct exit_record *rec, __u32 tgid, __u32 status)
+{
+	struct killer *k = bpf_map_lookup_elem(&killers, &tgid);
+
+	rec->killer_flags = 0;
+	rec->killer_pid = 0;
+	rec->killer_uid = 0;
+	rec->killer_code = 0;
+	__builtin_memset(rec->killer_comm, 0, sizeof(rec->killer_comm));
+	if (!k)
+		return;
+	if ((status & 0x7f) && k->sig == (status & 0x7f)) {
+		rec->killer_flags = k->flags;
+		rec->killer_pid = k->pid;
+		rec->killer_uid = k->uid;
+		rec->killer_code = k->code;
+		__builtin_memcpy(rec->killer_comm, k->comm, sizeof(rec->killer_comm));
+	}
+	bpf_map_delete_elem(&killers, &tgid);
+}
+
 static __always_inline void emit(struct task_struct *task, bool process, __u32 code,
 				 __u32 pidns, __u32 ns_pid)
 {
@@ -236,11 +276,13 @@ static __always_inline void emit(struct task_struct *task, bool process, __u32 c
 			rec->stime_ns += BPF_CORE_READ(leader, stime);
 			rec->runtime_ns += BPF_CORE_READ(leader, se.sum_exec_runtime);
 		}
+		fill_killer(rec, task->tgid, code);
 	} else {
 		rec->start_boot_ns = task->start_boottime;
 		rec->utime_ns = task->utime;
 		rec->stime_ns = task->stime;
 		rec->runtime_ns = task->se.sum_exec_runtime;
+		fill_killer(rec, 0, 0); /* tgid 0 is never a key: this only clears the fields */
 	}
 
 	count(PROCMON_CNT_EMITTED);
@@ -427,6 +469,95 @@ SEC("tp_btf/cgroup_rmdir")
 int BPF_PROG(cgroup_rmdir_btf, struct cgroup *cgrp, const char *path)
 {
 	return emit_cgroup(cgrp, NULL, PROCMON_REC_CGROUP_RMDIR);
+}
+
+/* Whether sig ends the task when delivered: its action is the default, and the default
+ * kills (not ignored: SIGCHLD, SIGCONT, SIGURG, SIGWINCH; not a stop: SIGSTOP..SIGTTOU). */
+static __always_inline bool kills_by_default(struct task_struct *task, int sig)
+{
+	struct sighand_struct *sighand;
+	void *handler = (void *)1; /* SIG_IGN, if the read fails */
+	__u64 off;
+
+	if (sig == 9)
+		return true;
+	if (sig < 1 || sig > 64 || sig == 17 || sig == 18 || sig == 23 || sig == 28 ||
+	    (sig >= 19 && sig <= 22))
+		return false;
+	sighand = BPF_CORE_READ(task, sighand);
+	off = bpf_core_field_offset(struct sighand_struct, action) +
+	      (sig - 1) * bpf_core_type_size(struct k_sigaction) +
+	      bpf_core_field_offset(struct k_sigaction, sa.sa_handler);
+	bpf_probe_read_kernel(&handler, sizeof(handler), (void *)sighand + off);
+	return handler == NULL; /* SIG_DFL */
+}
+
+/* signal_generate(sig, info, task, group, result), for every signal sent. Only fatal ones
+ * that were delivered are kept, with their sender: the current task, unless the kernel sent
+ * it (info SEND_SIG_NOINFO or SEND_SIG_PRIV, or an si_code other than the three a kill(2),
+ * sigqueue(3) or tgkill(2) carries: a fault, SI_KERNEL, a timer). A raw tracepoint: the
+ * arguments are plain values, and it attaches with CAP_BPF and CAP_PERFMON. */
+SEC("raw_tp/signal_generate")
+int signal_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	int sig = (int)ctx->args[0], result = (int)ctx->args[4];
+	unsigned long info = ctx->args[1];
+	struct task_struct *task = (struct task_struct *)ctx->args[2];
+	struct killer k = {}, *prev;
+	bool kernel = true;
+	__u32 tgid;
+
+	if (result != PM_SIGNAL_DELIVERED && result != PM_SIGNAL_LOSE_INFO)
+		return 0;
+	if (!kills_by_default(task, sig))
+		return 0;
+	if (info > 1) {
+		bpf_probe_read_kernel(&k.code, sizeof(k.code),
+				      (void *)info + bpf_core_field_offset(struct kernel_siginfo, si_code));
+		kernel = k.code != PM_SI_USER && k.code != PM_SI_QUEUE && k.code != PM_SI_TKILL;
+	} else {
+		k.code = info ? PM_SI_KERNEL : PM_SI_USER;
+	}
+	k.sig = sig;
+	k.flags = PROCMON_K_KNOWN;
+	if (kernel) {
+		k.flags |= PROCMON_K_KERNEL;
+	} else {
+		k.pid = bpf_get_current_pid_tgid() >> 32;
+		k.uid = (__u32)bpf_get_current_uid_gid();
+		bpf_get_current_comm(k.comm, sizeof(k.comm));
+	}
+	tgid = BPF_CORE_READ(task, tgid);
+	prev = bpf_map_lookup_elem(&killers, &tgid);
+	if (prev && (prev->flags & PROCMON_K_OOM)) /* the OOM kill came first: it stays the cause */
+		return 0;
+	bpf_map_update_elem(&killers, &tgid, &k, BPF_ANY);
+	return 0;
+}
+
+/* mark_victim: the OOM killer chose this process, right after sending it SIGKILL from the
+ * kernel. The arguments are (task, uid) on kernels whose event has a uid field, else (pid):
+ * the thread's id, which is the process's unless its leader already exited. */
+SEC("raw_tp/mark_victim")
+int oom_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct killer k = {}, *prev;
+	__u32 tgid;
+
+	if (bpf_core_field_exists(struct trace_event_raw_mark_victim, uid))
+		tgid = BPF_CORE_READ((struct task_struct *)ctx->args[0], tgid);
+	else
+		tgid = (__u32)ctx->args[0];
+	prev = bpf_map_lookup_elem(&killers, &tgid);
+	if (prev) {
+		prev->flags |= PROCMON_K_OOM;
+		return 0;
+	}
+	k.sig = 9;
+	k.flags = PROCMON_K_KNOWN | PROCMON_K_KERNEL | PROCMON_K_OOM;
+	k.code = PM_SI_KERNEL;
+	bpf_map_update_elem(&killers, &tgid, &k, BPF_ANY);
+	return 0;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -6,7 +6,7 @@
 #ifndef PROCMON_EXIT_RECORD_H
 #define PROCMON_EXIT_RECORD_H
 
-#define PROCMON_RECORD_VERSION 3
+#define PROCMON_RECORD_VERSION 4
 #define PROCMON_COMM_LEN 16
 #define PROCMON_FILENAME_LEN 256
 #define PROCMON_ARGS_LEN 1024   /* a power of two: the probe masks with it */
@@ -22,6 +22,11 @@
 #define PROCMON_F_THREAD 0x1      /* a thread exit, not the end of the thread group */
 #define PROCMON_F_GROUP_DEAD 0x2  /* this exit ended the thread group */
 #define PROCMON_IMAGE_DEPTH 8     /* forks without exec followed up to the exec'ing ancestor */
+
+/* killer flags: who sent the signal that ended the process (signal/signal_generate) */
+#define PROCMON_K_KNOWN 0x1       /* a fatal signal was seen: the killer_* fields are set */
+#define PROCMON_K_KERNEL 0x2      /* sent by the kernel: a fault, SI_KERNEL, a timer, a pipe */
+#define PROCMON_K_OOM 0x4         /* the OOM killer chose this process (oom/mark_victim) */
 
 /* exec flags */
 #define PROCMON_F_ARGS_TRUNCATED 0x1
@@ -60,6 +65,24 @@ struct exit_record {
 	__u64 image_start_ns;
 	__u32 image_pid;
 	__u32 image_exec_id;/* the owner's self_exec_id: which of its execs the image is */
+	/* The last fatal signal sent to the process, when it is the one it died of (process
+	 * records only): the sender's tgid, uid and comm (0 and empty when the kernel sent it)
+	 * and the signal's si_code. */
+	__u32 killer_flags; /* PROCMON_K_* */
+	__u32 killer_pid;
+	__u32 killer_uid;
+	__s32 killer_code;
+	char killer_comm[PROCMON_COMM_LEN];
+};
+
+/* What the probe keeps per process between a fatal signal and the exit. */
+struct killer {
+	__u32 sig;
+	__u32 flags;        /* PROCMON_K_* */
+	__u32 pid;
+	__u32 uid;
+	__s32 code;
+	char comm[PROCMON_COMM_LEN];
 };
 
 /* Sent at sched_process_exec, trimmed to the args actually captured. */

@@ -27,6 +27,7 @@ def probe_knobs(cfg: ProbeConfig, enrich: EnrichConfig) -> ProbeKnobs:
         capture_exec=enrich.enabled,
         capture_args=enrich.enabled and enrich.capture_args,
         context_fill_pct=cfg.context_fill_pct,
+        capture_killer=cfg.capture_killer,
     )
 
 

@@ -69,6 +69,8 @@ class ProbeConfig(_Section):
     # Exec and cgroup records enter the ring only while it is less than this full; the rest
     # is kept for exits, so a flood of execs costs context (counted), never an exit. 0: off.
     context_fill_pct: int = Field(default=50, ge=0, le=95)
+    # Who sent the signal a process died of, and OOM kills (signal_generate, mark_victim).
+    capture_killer: bool = True
     # bpffs directory (e.g. /sys/fs/bpf/procmon) where the CO-RE probe stays attached across
     # agent restarts, so exits during a restart wait in the ring. None: detach on exit.
     pin_dir: Path | None = None

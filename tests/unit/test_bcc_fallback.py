@@ -23,7 +23,7 @@ class FakeCompiler:
         self.builds: list[bool] = []
 
     def __call__(self, source: Path, flags: list[str]) -> Any:
-        with_context = "-DPROCMON_CAPTURE_EXEC=1" in flags
+        with_context = "-DPROCMON_CAPTURE_EXEC=1" in flags or "-DPROCMON_CAPTURE_KILLER=1" in flags
         self.builds.append(with_context)
         error = self.context_error if with_context else self.plain_error
         if error is not None:
@@ -66,6 +66,6 @@ def test_missing_headers_or_permission_is_not_retried(error: OSError) -> None:
 
 def test_context_off_compiles_once_without_it() -> None:
     fake = FakeCompiler(context_error=RuntimeError("never compiled"))
-    knobs = ProbeKnobs(capture_exec=False, capture_args=False)
+    knobs = ProbeKnobs(capture_exec=False, capture_args=False, capture_killer=False)
     assert compile_probe(SOURCE, knobs, False, fake) == ("module(context=False)", False)
     assert fake.builds == [False]

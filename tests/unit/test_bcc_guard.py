@@ -272,6 +272,7 @@ def _fake_probe(
 
     monkeypatch.setattr(bcc, "compile_module", compile_module)
     monkeypatch.setattr(bcc, "tracepoint_has_group_dead", lambda: False)
+    monkeypatch.setattr(bcc, "mark_victim_has_task_arg", lambda: False)
     monkeypatch.setattr(bcc_guard, "guard", lambda dump_func: "fake guard")
     return bcc.BccProbe(ProbeKnobs(**knobs), source=BCC_SOURCE), flags
 
@@ -282,12 +283,14 @@ def test_context_programs_attach_and_detach_with_the_exit(
     fake = _FakeBpf()
     probe, flags = _fake_probe(monkeypatch, fake, capture_args=False)
     assert "-DPROCMON_CAPTURE_EXEC=1" in flags and "-DPROCMON_CAPTURE_ARGS=0" in flags
-    assert probe.has_context is True
+    assert probe.has_context is True and probe.has_killer is True
     assert fake.attached == [
         "sched_process_exit",
         "sched_process_exec",
         "cgroup_mkdir",
         "cgroup_rmdir",
+        "signal_generate",
+        "mark_victim",
     ]
     probe.detach()
     assert fake.attached == []
@@ -297,7 +300,7 @@ def test_a_refused_context_program_costs_the_context_not_the_exits(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake = _FakeBpf(refuse="cgroup_mkdir")
-    probe, _ = _fake_probe(monkeypatch, fake)
+    probe, _ = _fake_probe(monkeypatch, fake, capture_killer=False)
     assert probe.has_context is False
     assert fake.attached == ["sched_process_exit"]  # the exec program was detached again
     assert "exec and cgroup context unavailable (procmon_cgroup_mkdir_raw" in caplog.text
@@ -307,4 +310,16 @@ def test_no_context_programs_without_capture_exec(monkeypatch: pytest.MonkeyPatc
     fake = _FakeBpf()
     probe, flags = _fake_probe(monkeypatch, fake, capture_exec=False, capture_args=False)
     assert "-DPROCMON_CAPTURE_EXEC=0" in flags
-    assert probe.has_context is False and fake.attached == ["sched_process_exit"]
+    assert probe.has_context is False
+    assert fake.attached == ["sched_process_exit", "signal_generate", "mark_victim"]
+
+
+def test_a_refused_killer_program_costs_the_killer_not_the_rest(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = _FakeBpf(refuse="mark_victim")
+    probe, flags = _fake_probe(monkeypatch, fake)
+    assert "-DPROCMON_CAPTURE_KILLER=1" in flags
+    assert (probe.has_context, probe.has_killer) == (True, False)
+    assert "signal_generate" not in fake.attached  # detached again
+    assert "killer attribution unavailable (procmon_oom_raw" in caplog.text

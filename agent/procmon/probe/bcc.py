@@ -45,6 +45,12 @@ CONTEXT_RAW_TRACEPOINTS = (
     ("cgroup_mkdir", "procmon_cgroup_mkdir_raw"),
     ("cgroup_rmdir", "procmon_cgroup_rmdir_raw"),
 )
+# Who sent a fatal signal, and whom the OOM killer chose: compiled in with
+# PROCMON_CAPTURE_KILLER.
+KILLER_RAW_TRACEPOINTS = (
+    ("signal_generate", "procmon_signal_raw"),
+    ("mark_victim", "procmon_oom_raw"),
+)
 _GRANT = "grant CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (bcc needs it for tracefs)"
 _TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -70,22 +76,37 @@ def import_bcc() -> Any:
     return BPF
 
 
-def tracepoint_has_group_dead() -> bool:
-    """Kernels from 6.x on pass group_dead to sched_process_exit; older ones need a fallback."""
+def _tracepoint_format(event: str) -> str | None:
     for root in _TRACEFS:
         try:
-            fmt = Path(root, "events/sched/sched_process_exit/format").read_text()
+            return Path(root, "events", event, "format").read_text()
         except OSError:
             continue
-        return "group_dead;" in fmt
-    raise FileNotFoundError(
-        "bcc backend: tracefs is not mounted (no events/sched/sched_process_exit/format under "
-        f"{' or '.join(_TRACEFS)}): mount -t tracefs nodev /sys/kernel/tracing"
-    )
+    return None
+
+
+def tracepoint_has_group_dead() -> bool:
+    """Kernels from 6.x on pass group_dead to sched_process_exit; older ones need a fallback."""
+    fmt = _tracepoint_format("sched/sched_process_exit")
+    if fmt is None:
+        raise FileNotFoundError(
+            "bcc backend: tracefs is not mounted (no events/sched/sched_process_exit/format "
+            f"under {' or '.join(_TRACEFS)}): mount -t tracefs nodev /sys/kernel/tracing"
+        )
+    return "group_dead;" in fmt
+
+
+def mark_victim_has_task_arg() -> bool:
+    """mark_victim passes (task, uid) on kernels whose event has a uid field, else (pid)."""
+    return "uid_t uid;" in (_tracepoint_format("oom/mark_victim") or "")
 
 
 def cflags(
-    knobs: ProbeKnobs, include_dir: Path, group_dead: bool, ncpus: int | None = None
+    knobs: ProbeKnobs,
+    include_dir: Path,
+    group_dead: bool,
+    ncpus: int | None = None,
+    oom_task_arg: bool = False,
 ) -> list[str]:
     """The knobs as -D macros: constants, so clang drops the filters that are off."""
     # Wakeups are batched per CPU in exit.bcc.c (no ringbuf_query in bcc 0.26): share the
@@ -104,9 +125,12 @@ def cflags(
         f"-DPROCMON_CAPTURE_EXEC={int(knobs.capture_exec)}",
         f"-DPROCMON_CAPTURE_ARGS={int(knobs.capture_args)}",
         f"-DPROCMON_CONTEXT_FILL_MAX={knobs.context_fill_max}ULL",
+        f"-DPROCMON_CAPTURE_KILLER={int(knobs.capture_killer)}",
     ]
     if group_dead:
         flags.append("-DPROCMON_TP_GROUP_DEAD")
+    if oom_task_arg:
+        flags.append("-DPROCMON_OOM_TASK_ARG")
     return flags
 
 
@@ -143,28 +167,32 @@ def compile_probe(
     knobs: ProbeKnobs,
     group_dead: bool,
     compile_fn: Callable[[Path, list[str]], Any] | None = None,
+    oom_task_arg: bool = False,
 ) -> tuple[Any, bool]:
-    """Compile the probe; returns the module and whether the context programs are in it.
+    """Compile the probe; returns the module and whether the extra programs (context, killer)
+    the knobs ask for are in it.
 
-    The context programs read more kernel structures than the exit program, so a kernel whose
-    headers break them still gets exits: one warning, then a build without them (CO-RE's
-    loader does the same). A failure without them is the real error.
+    They read more kernel structures than the exit program, so a kernel whose headers break
+    them still gets exits: one warning, then a build without them (CO-RE's loader does the
+    same). A failure without them is the real error.
     """
     compile_fn = compile_fn or compile_module  # looked up now: tests replace compile_module
-    flags = cflags(knobs, source.parent, group_dead)
-    if not knobs.capture_exec:
+    flags = cflags(knobs, source.parent, group_dead, oom_task_arg=oom_task_arg)
+    if not (knobs.capture_exec or knobs.capture_killer):
         return compile_fn(source, flags), False
     try:
         return compile_fn(source, flags), True
     except OSError:
         raise  # no headers, or not permitted: a build without context fails the same way
     except Exception as exc:
-        without = dataclasses.replace(knobs, capture_exec=False, capture_args=False)
+        without = dataclasses.replace(
+            knobs, capture_exec=False, capture_args=False, capture_killer=False
+        )
         module = compile_fn(source, cflags(without, source.parent, group_dead))
         first = str(exc).strip().splitlines()
         log.warning(
-            "exec and cgroup context unavailable (the context programs did not compile: %s): "
-            "events carry no exe, args or cgroup path",
+            "exec, cgroup and killer context unavailable (their programs did not compile: %s):"
+            " events carry no exe, args, cgroup path or killer",
             first[0] if first else type(exc).__name__,
         )
         return module, False
@@ -182,18 +210,24 @@ class BccProbe:
         self._records = RecordBuffer()
         self._attached = ""  # "raw" or "tracepoint" once attached
         self._context_attached: list[str] = []  # raw tracepoints of the context programs
+        self._killer_attached: list[str] = []
         self.has_context = False
+        self.has_killer = False
         self.ring_fill: RingFill | None = None
         group_dead = tracepoint_has_group_dead()
-        self._bpf, context_compiled = compile_probe(self._source, knobs, group_dead)
+        self._bpf, extras_compiled = compile_probe(
+            self._source, knobs, group_dead, oom_task_arg=mark_victim_has_task_arg()
+        )
         try:
             self.compile_seconds = time.monotonic() - started
             # Refuse before attaching: wrong offsets would yield plausible garbage.
             self.guard_summary = bcc_guard.guard(self._bpf.dump_func)
             log.info("bcc guard: %s", self.guard_summary)
             self._attach()
-            if context_compiled:
+            if extras_compiled and knobs.capture_exec:
                 self._attach_context()
+            if extras_compiled and knobs.capture_killer:
+                self._attach_killer()
             self._bpf["events"].open_ring_buffer(self._records.on_sample)
             self._counters = self._bpf["counters"]
             self._open_ring_fill()
@@ -244,6 +278,28 @@ class BccProbe:
             self._context_attached.append(tp)
         self.has_context = True
 
+    def _attach_killer(self) -> None:
+        """Both killer programs or none: without them exits carry no killer (one warning)."""
+        for tp, fn in KILLER_RAW_TRACEPOINTS:
+            try:
+                self._bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+            except Exception as exc:  # bcc raises bare Exceptions (load or attach)
+                self._detach_killer()
+                log.warning(
+                    "killer attribution unavailable (%s did not attach to %s: %s)",
+                    fn,
+                    tp,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                )
+                return
+            self._killer_attached.append(tp)
+        self.has_killer = True
+
+    def _detach_killer(self) -> None:
+        for tp in self._killer_attached:
+            self._bpf.detach_raw_tracepoint(tp=tp.encode())
+        self._killer_attached = []
+
     def _detach_context(self) -> None:
         for tp in self._context_attached:
             self._bpf.detach_raw_tracepoint(tp=tp.encode())
@@ -291,6 +347,7 @@ class BccProbe:
     def detach(self) -> None:
         """Stop new records; those already queued stay for a last poll()."""
         self._detach_context()
+        self._detach_killer()
         if self._attached == "raw":
             self._bpf.detach_raw_tracepoint(tp=RAW_TRACEPOINT[0].encode())
         elif self._attached == "tracepoint":

@@ -34,6 +34,8 @@ log = logging.getLogger("procmon.probe")
 PROGRAMS = (b"exit_btf", b"exit_tp")
 # The context joined to exits (exe, args, cgroup paths): attached beside the exit program.
 CONTEXT_PROGRAMS = (b"exec_btf", b"cgroup_mkdir_btf", b"cgroup_rmdir_btf")
+# Who sent a fatal signal, and whom the OOM killer chose: the killer of an exit.
+KILLER_PROGRAMS = (b"signal_raw", b"oom_raw")
 _GRANT = "grant CAP_BPF and CAP_PERFMON (AmbientCapabilities in the systemd unit)"
 _HINT = "--log-level info shows libbpf's log"
 
@@ -85,15 +87,17 @@ class CoreProbe:
 
     def _load_fresh(self) -> None:
         last_error: libbpf.LibbpfError | None = None
-        # Without context the exits still flow: a kernel refusing the exec or cgroup
-        # programs costs the enrichment (null fields, one warning), not the events.
-        with_context = (True, False) if self._knobs.capture_exec else (False,)
-        attempts = [(p, c) for c in with_context for p in PROGRAMS]
-        for program, context in attempts:
+        knobs = self._knobs
+        # Without the extra programs (context, killer) the exits still flow: a kernel
+        # refusing them costs the enrichment (null fields, one warning), not the events.
+        extras = knobs.capture_exec or knobs.capture_killer
+        attempts = [(p, e) for e in ((True, False) if extras else (False,)) for p in PROGRAMS]
+        for program, with_extras in attempts:
             try:
-                self._load_and_attach(program, context)
+                self._load_and_attach(program, with_extras)
                 self.program = program.decode()
-                self.has_context = context
+                self.has_context = with_extras and knobs.capture_exec
+                self.has_killer = with_extras and knobs.capture_killer
                 break
             except libbpf.LibbpfError as exc:
                 log.info("program %s did not load or attach: %s", program.decode(), exc)
@@ -101,10 +105,10 @@ class CoreProbe:
                 self._close_object()
         else:
             raise explain(last_error, "loading the eBPF probe", _GRANT, _HINT)
-        if self._knobs.capture_exec and not self.has_context:
+        if extras and not (self.has_context or self.has_killer):
             log.warning(
-                "exec and cgroup context unavailable (%s): events carry no exe, "
-                "args or cgroup path",
+                "exec, cgroup and killer context unavailable (%s): events carry no exe, "
+                "args, cgroup path or killer",
                 last_error,
             )
         self._ring_fd = self._bpf.bpf_map__fd(self._map(b"events"))
@@ -113,7 +117,7 @@ class CoreProbe:
         if self._pins is not None:
             self._pin(self._pins)
 
-    def _load_and_attach(self, program: bytes, context: bool) -> None:
+    def _load_and_attach(self, program: bytes, with_extras: bool) -> None:
         bpf = self._bpf
         # Relocate against vmlinux BTF only: without CAP_SYS_ADMIN libbpf 1.1 cannot iterate
         # kernel-module BTFs and fails the load (seen on Debian's 6.1 as the agent's user).
@@ -124,8 +128,12 @@ class CoreProbe:
             bpf.bpf_object__open_file(str(self._path).encode(), ctypes.byref(opts)),
             f"opening {self._path}",
         )
-        wanted = (program, *CONTEXT_PROGRAMS) if context else (program,)
-        for name in PROGRAMS + CONTEXT_PROGRAMS:
+        wanted: tuple[bytes, ...] = (program,)
+        if with_extras and self._knobs.capture_exec:
+            wanted += CONTEXT_PROGRAMS
+        if with_extras and self._knobs.capture_killer:
+            wanted += KILLER_PROGRAMS
+        for name in PROGRAMS + CONTEXT_PROGRAMS + KILLER_PROGRAMS:
             prog = libbpf.check_ptr(
                 bpf.bpf_object__find_program_by_name(self._obj, name), f"finding {name.decode()}"
             )
@@ -185,7 +193,9 @@ class CoreProbe:
         )
         self._owned_fds = list(fds.values())
         self.program = f"pinned {pins.name}"
-        self.has_context = (pins / "link-context0").exists()
+        # The pin tag covers the knobs, so the pinned set has what these knobs ask for.
+        self.has_context = self._knobs.capture_exec and (pins / "link-context0").exists()
+        self.has_killer = self._knobs.capture_killer and (pins / "link-context0").exists()
         self.reused_pins = True
 
     def _set_self_id(self) -> None:
@@ -308,7 +318,7 @@ def _pin_tag(obj_path: Path, knobs: ProbeKnobs) -> str:
     """Pins are reusable only by the same object, record layout, knobs and ring size."""
     digest = hashlib.sha256(obj_path.read_bytes())
     digest.update(repr(sorted(knobs.as_rodata().items())).encode())
-    digest.update(f"{knobs.ring_size_bytes}:{knobs.capture_exec}".encode())
+    digest.update(f"{knobs.ring_size_bytes}:{knobs.capture_exec}:{knobs.capture_killer}".encode())
     return _PIN_PREFIX + digest.hexdigest()[:16]
 
 

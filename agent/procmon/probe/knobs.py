@@ -26,6 +26,8 @@ class ProbeKnobs:
     # whether exec records carry the args.
     capture_exec: bool = True
     capture_args: bool = True
+    # Who sent the signal a process died of (signal_generate, mark_victim).
+    capture_killer: bool = True
     # Context records enter the ring only while it is less than this full (percent): the
     # rest is kept for exits. 0: no limit.
     context_fill_pct: int = 50

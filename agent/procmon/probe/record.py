@@ -14,13 +14,16 @@ from typing import NamedTuple
 
 log = logging.getLogger("procmon.probe")
 
-RECORD_VERSION = 3
+RECORD_VERSION = 4
 KIND_EXIT = 1
 KIND_EXEC = 2
 KIND_CGROUP_MKDIR = 3
 KIND_CGROUP_RMDIR = 4
 FLAG_THREAD = 0x1
 FLAG_GROUP_DEAD = 0x2
+KILLER_KNOWN = 0x1
+KILLER_KERNEL = 0x2
+KILLER_OOM = 0x4
 EXEC_ARGS_TRUNCATED = 0x1
 EXEC_NO_ARGS = 0x2
 COUNTER_DROPPED = 0
@@ -56,6 +59,12 @@ class RawExit(NamedTuple):
     image_start_ns: int = 0
     # Which of the owner's execs the image is (its self_exec_id); 0 when unknown.
     image_exec_id: int = 0
+    # Who sent the signal the process died of (KILLER_* flags; 0: not known).
+    killer_flags: int = 0
+    killer_pid: int = 0
+    killer_uid: int = 0
+    killer_code: int = 0  # the signal's si_code
+    killer_comm: bytes = b""
 
 
 class RawExec(NamedTuple):
@@ -83,8 +92,8 @@ class RawCgroup(NamedTuple):
 
 RawRecord = RawExit | RawExec | RawCgroup
 
-EXIT_RECORD = struct.Struct("<II7Q8I16s16sQII")
-EXIT_RECORD_SIZE = EXIT_RECORD.size  # 144, asserted against the C struct in tests
+EXIT_RECORD = struct.Struct("<II7Q8I16s16sQIIIIIi16s")
+EXIT_RECORD_SIZE = EXIT_RECORD.size  # 176, asserted against the C struct in tests
 EXEC_HEADER = struct.Struct("<II2QIIQII256s")  # everything before args[]
 CGROUP_HEADER = struct.Struct("<IIQQ")  # everything before path[]
 CGROUP_PATH_LEN = 512
@@ -150,7 +159,9 @@ def decode(data: bytes) -> RawRecord:
 
 def decode_exit(data: bytes) -> RawExit:
     f = EXIT_RECORD.unpack_from(data)
-    return RawExit._make((*f[2:17], f[1], _cstr(f[17]), _cstr(f[18]), f[20], f[19], f[21]))
+    return RawExit._make(
+        (*f[2:17], f[1], _cstr(f[17]), _cstr(f[18]), f[20], f[19], f[21], *f[22:26], _cstr(f[26]))
+    )
 
 
 def encode_exit(raw: RawExit) -> bytes:
@@ -164,6 +175,11 @@ def encode_exit(raw: RawExit) -> bytes:
         raw.image_start_ns,
         raw.image_pid,
         raw.image_exec_id,
+        raw.killer_flags,
+        raw.killer_pid,
+        raw.killer_uid,
+        raw.killer_code,
+        raw.killer_comm[:16],
     )
 
 
