@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from procmon.probe.record import FLAG_THREAD, RawCgroup, RawExec, RawExit
+from procmon.probe.record import (
+    FLAG_THREAD,
+    KILLER_KERNEL,
+    KILLER_KNOWN,
+    KILLER_OOM,
+    RawCgroup,
+    RawExec,
+    RawExit,
+)
 
 if TYPE_CHECKING:
     from procmon.enrich.context import ProcessContext
@@ -21,7 +29,7 @@ if TYPE_CHECKING:
 SCHEMA_ID = "procmon.exit/v1"
 # Additive changes within v1 bump the revision (schemas/CHANGELOG.md); consumers of any
 # revision keep working, as every added field is optional.
-SCHEMA_REVISION = 2
+SCHEMA_REVISION = 3
 
 Rfc3339Ns = Annotated[
     str,
@@ -39,6 +47,22 @@ class SignalInfo(BaseModel):
 
     number: int = Field(ge=1, le=127)
     name: str = Field(description="e.g. SIGKILL; SIG<number> when the number has no name")
+
+
+class Killer(BaseModel):
+    """Who sent the signal the process died of; pid 0 and comm "kernel" when the kernel did
+    (a CPU fault, the OOM killer, a timer, a broken pipe, the terminal)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pid: U32 = Field(description="the sender's process id (tgid); 0: the kernel")
+    comm: str = Field(max_length=64, description="the sender's task name")
+    uid: U32 = Field(description="the sender's real uid")
+
+
+ExitReason = Literal["exit", "error", "killed", "oom", "crashed"]
+# Signals the CPU raises on a fault: sent by the kernel (or by no known sender), a crash.
+FAULT_SIGNALS = frozenset({_signal.SIGSEGV, _signal.SIGBUS, _signal.SIGILL, _signal.SIGFPE})
 
 
 class ExitEvent(BaseModel):
@@ -125,6 +149,43 @@ class ExitEvent(BaseModel):
         pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
         description="Kubernetes pod uid",
     )
+    # Why it died (revision 3).
+    exit_reason: ExitReason | None = Field(
+        default=None,
+        description="exit: code 0; error: a non-zero code; killed: a signal from a process "
+        "(or from the kernel, not a fault); oom: the OOM killer; crashed: a fault signal "
+        "(SIGSEGV, SIGBUS, SIGILL, SIGFPE) from the kernel, abort(3), or a core dump",
+    )
+    killer: Killer | None = Field(
+        default=None,
+        description="who sent the fatal signal, for a process killed by one; null when "
+        "unknown or not killed",
+    )
+    oom_killed: bool = Field(default=False, description="the OOM killer chose this process")
+
+
+def _killer(raw: RawExit) -> Killer | None:
+    if not raw.killer_flags & KILLER_KNOWN:
+        return None
+    if raw.killer_flags & KILLER_KERNEL:
+        return Killer(pid=0, comm="kernel", uid=0)
+    comm = raw.killer_comm.decode("utf-8", "backslashreplace")
+    return Killer(pid=raw.killer_pid, comm=comm, uid=raw.killer_uid)
+
+
+def exit_reason(status: int, raw: RawExit, oom: bool) -> ExitReason:
+    """The exit_reason of a wait(2) status and the probe's killer record."""
+    signo = status & 0x7F
+    if oom:
+        return "oom"
+    if not signo:
+        return "exit" if not status >> 8 & 0xFF else "error"
+    known, kernel = raw.killer_flags & KILLER_KNOWN, raw.killer_flags & KILLER_KERNEL
+    if status & 0x80 or (signo in FAULT_SIGNALS and (kernel or not known)):
+        return "crashed"
+    if signo == _signal.SIGABRT and known and not kernel and raw.killer_pid == raw.pid:
+        return "crashed"  # abort(3)
+    return "killed"
 
 
 def signal_name(number: int) -> str:
@@ -195,6 +256,8 @@ class EventBuilder:
         )
         utime, stime = _split_cputime(raw.utime_ns, raw.stime_ns, raw.runtime_ns)
         extra = self.context.for_exit(raw) if self.context is not None else {}
+        killer = _killer(raw) if signo else None
+        oom = killer is not None and bool(raw.killer_flags & KILLER_OOM)
         return ExitEvent(
             event_id=f"{self.boot_id}:{ident}",
             scope="thread" if is_thread else "process",
@@ -211,6 +274,9 @@ class EventBuilder:
             exit_code=0 if signo else (status >> 8) & 0xFF,
             signal=SignalInfo(number=signo, name=signal_name(signo)) if signo else None,
             core_dumped=bool(status & 0x80),
+            exit_reason=exit_reason(status, raw, oom),
+            killer=killer,
+            oom_killed=oom,
             utime_ns=utime,
             stime_ns=stime,
             start_time=_rfc3339_ns(raw.start_boot_ns + self._boot_to_epoch_ns),

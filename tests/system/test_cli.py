@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -53,7 +54,33 @@ def test_tail_seed_format() -> None:
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("PROCESS_MONITOR: Process exiting - PID: ")
     assert lines[1].startswith("PROCESS_MONITOR:   User time: ")
+    assert lines[2] == "PROCESS_MONITOR:   Exit reason: exit code 7"
     assert lines[-1] == "PROCESS_MONITOR: Total process exits monitored: 1"
+
+
+@pytest.mark.bpf
+@pytest.mark.usefixtures("bpf_ready")
+def test_tail_human_names_the_killer() -> None:
+    """--failed still works, and a person reads who killed what: the shell that ran kill -9."""
+    script = "sleep 30 & victim=$!; sleep 0.1; kill -9 $victim; wait; echo $$ $victim >&2"
+    tail = subprocess.Popen(
+        [*PROCMON, "tail", "--format", "human", "--failed"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2)  # attached
+    shell = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    shell_pid, victim = shell.stderr.split()
+    assert tail.stdout is not None
+    deadline = time.monotonic() + 20
+    line = ""
+    while f"pid={victim} " not in line and time.monotonic() < deadline:
+        line = tail.stdout.readline()
+    tail.send_signal(signal.SIGINT)
+    tail.communicate(timeout=30)
+    assert f"pid={victim} " in line, "no event for the victim"
+    assert f"sleep killed by SIGKILL from pid {shell_pid} (sh, uid 0) " in line
 
 
 @pytest.mark.bpf

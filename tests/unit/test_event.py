@@ -8,16 +8,19 @@ import signal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from procmon.event import EventBuilder, ExitEvent, _split_cputime
+from procmon.event import EventBuilder, ExitEvent, Killer, _split_cputime
 from procmon.probe.record import (
     EXIT_RECORD_SIZE,
     FLAG_GROUP_DEAD,
     FLAG_THREAD,
+    KILLER_KERNEL,
+    KILLER_KNOWN,
+    KILLER_OOM,
     RawExit,
     decode,
     encode_exit,
 )
-from procmon.sinks.stdout import render, seed_lines
+from procmon.sinks.stdout import reason_text, render, seed_lines
 
 BOOT_ID = "0f6d1f9e-3c1a-4d8b-9a57-1b2c3d4e5f60"
 
@@ -52,7 +55,7 @@ def builder() -> EventBuilder:
 
 
 def test_record_layout_matches_c_struct() -> None:
-    assert EXIT_RECORD_SIZE == 144  # sizeof(struct exit_record) in bpf/exit_record.h
+    assert EXIT_RECORD_SIZE == 176  # sizeof(struct exit_record) in bpf/exit_record.h
     record = raw(comm=b"sh")
     assert decode(encode_exit(record)) == record
 
@@ -95,9 +98,10 @@ def test_times_and_age() -> None:
 
 
 def test_seed_lines() -> None:
-    first, second = seed_lines(builder().build(raw(utime_ns=2, stime_ns=1, runtime_ns=3)))
+    first, second, reason = seed_lines(builder().build(raw(utime_ns=2, stime_ns=1, runtime_ns=3)))
     assert first == "PROCESS_MONITOR: Process exiting - PID: 1234, Name: ls, Parent PID: 1200"
     assert second == "PROCESS_MONITOR:   User time: 2 ns, System time: 1 ns"
+    assert reason == "PROCESS_MONITOR:   Exit reason: exit code 3"
 
 
 @given(st.binary(max_size=16))
@@ -124,3 +128,93 @@ def test_extreme_numbers_never_crash(utime: int, rss: int, pid: int, status: int
         raw(utime_ns=utime, runtime_ns=utime, max_rss_pages=rss // 8, pid=pid, exit_code=status)
     )
     assert ExitEvent.model_validate_json(render(ev, "json")) == ev
+
+
+KILL, SEGV, TERM, ABRT = (
+    int(s) for s in (signal.SIGKILL, signal.SIGSEGV, signal.SIGTERM, signal.SIGABRT)
+)
+FROM_KUBELET = {
+    "killer_flags": KILLER_KNOWN,
+    "killer_pid": 4242,
+    "killer_uid": 0,
+    "killer_comm": b"kubelet",
+}
+FROM_KERNEL = {"killer_flags": KILLER_KNOWN | KILLER_KERNEL, "killer_code": 0x80}
+
+
+def test_exit_reasons_and_their_text() -> None:
+    cases = [
+        (raw(exit_code=0), "exit", None, "exit code 0"),
+        (raw(exit_code=3 << 8), "error", None, "exit code 3"),
+        (
+            raw(exit_code=KILL, **FROM_KUBELET),
+            "killed",
+            Killer(pid=4242, comm="kubelet", uid=0),
+            "killed by SIGKILL from pid 4242 (kubelet, uid 0)",
+        ),
+        (
+            raw(exit_code=TERM, killer_flags=KILLER_KNOWN, killer_pid=1234, killer_comm=b"sh"),
+            "killed",
+            Killer(pid=1234, comm="sh", uid=0),
+            "killed by SIGTERM from itself",
+        ),
+        (raw(exit_code=TERM), "killed", None, "killed by SIGTERM"),  # sender not seen
+        (
+            raw(exit_code=SEGV, **FROM_KERNEL),
+            "crashed",
+            Killer(pid=0, comm="kernel", uid=0),
+            "crashed: SIGSEGV",
+        ),
+        (raw(exit_code=SEGV), "crashed", None, "crashed: SIGSEGV"),  # a fault, sender not seen
+        (
+            raw(exit_code=SEGV | 0x80, **FROM_KUBELET),
+            "crashed",
+            Killer(pid=4242, comm="kubelet", uid=0),
+            "crashed: SIGSEGV (core dumped)",
+        ),
+        (
+            raw(exit_code=SEGV, **FROM_KUBELET),
+            "killed",
+            Killer(pid=4242, comm="kubelet", uid=0),
+            "killed by SIGSEGV from pid 4242 (kubelet, uid 0)",
+        ),
+        (
+            raw(exit_code=ABRT, killer_flags=KILLER_KNOWN, killer_pid=1234, killer_comm=b"app"),
+            "crashed",
+            Killer(pid=1234, comm="app", uid=0),
+            "crashed: SIGABRT",
+        ),
+        (
+            raw(exit_code=KILL, killer_flags=KILLER_KNOWN | KILLER_KERNEL | KILLER_OOM),
+            "oom",
+            Killer(pid=0, comm="kernel", uid=0),
+            "OOM-killed",
+        ),
+        (
+            raw(exit_code=KILL, **FROM_KERNEL),
+            "killed",
+            Killer(pid=0, comm="kernel", uid=0),
+            "killed by SIGKILL from the kernel",
+        ),
+        # the OOM mark counts only with the signal's record (the probe sets both)
+        (raw(exit_code=KILL, killer_flags=KILLER_OOM), "killed", None, "killed by SIGKILL"),
+    ]
+    for record, reason, killer, text in cases:
+        event = builder().build(record)
+        assert (event.exit_reason, event.killer, reason_text(event)) == (reason, killer, text), (
+            record
+        )
+        assert event.oom_killed == (reason == "oom")
+    oom = builder().build(
+        raw(exit_code=KILL, killer_flags=KILLER_KNOWN | KILLER_KERNEL | KILLER_OOM)
+    )
+    assert reason_text(oom.model_copy(update={"cgroup": "/system.slice/x.service"})) == (
+        "OOM-killed in /system.slice/x.service"
+    )
+
+
+def test_killer_comm_is_shown_safely() -> None:
+    event = builder().build(
+        raw(exit_code=KILL, killer_flags=KILLER_KNOWN, killer_pid=7, killer_comm=b"\x1b[2Jx")
+    )
+    assert "\x1b" not in reason_text(event)

@@ -116,7 +116,7 @@ def test_any_task_name_gives_valid_output_in_every_format(
     if comm.isascii() and comm.isalnum():
         assert document["comm"] == comm.decode()
 
-    formats: tuple[tuple[TextFormat, int], ...] = (("human", 1), ("seed", 2))
+    formats: tuple[tuple[TextFormat, int], ...] = (("human", 1), ("seed", 3))
     for fmt, lines in formats:
         text = render(event, fmt).decode("utf-8")  # valid UTF-8, always
         assert text.endswith("\n")

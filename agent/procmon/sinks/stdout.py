@@ -18,13 +18,36 @@ def _printable_comm(event: ExitEvent) -> str:
     return event.comm if event.comm.isprintable() else repr(event.comm)
 
 
-def seed_lines(event: ExitEvent) -> tuple[str, str]:
-    """The two lines the original kernel module printed for each exit."""
+def seed_lines(event: ExitEvent) -> tuple[str, ...]:
+    """The two lines the original kernel module printed for each exit, then why it ended."""
     return (
         f"{SEED_PREFIX} Process exiting - PID: {event.pid}, Name: {_printable_comm(event)}, "
         f"Parent PID: {event.ppid}",
         f"{SEED_PREFIX}   User time: {event.utime_ns} ns, System time: {event.stime_ns} ns",
+        f"{SEED_PREFIX}   Exit reason: {reason_text(event)}",
     )
+
+
+def reason_text(event: ExitEvent) -> str:
+    """Why it ended, for a person: "exit code 3", "killed by SIGKILL from pid 4242 (kubelet,
+    uid 0)", "crashed: SIGSEGV (core dumped)", "OOM-killed in /system.slice/x.service"."""
+    if event.signal is None:
+        return f"exit code {event.exit_code}"
+    name = event.signal.name
+    if event.exit_reason == "oom":
+        where = event.cgroup if event.cgroup not in (None, "/") else None
+        return f"OOM-killed in {where}" if where else "OOM-killed"
+    if event.exit_reason == "crashed":
+        return f"crashed: {name}{' (core dumped)' if event.core_dumped else ''}"
+    killer = event.killer
+    if killer is None:
+        return f"killed by {name}"
+    if killer.pid == 0:
+        return f"killed by {name} from the kernel"
+    if killer.pid == event.pid:
+        return f"killed by {name} from itself"
+    comm = killer.comm if killer.comm.isprintable() else repr(killer.comm)
+    return f"killed by {name} from pid {killer.pid} ({comm}, uid {killer.uid})"
 
 
 def seed_total_line(total: int) -> str:
@@ -32,11 +55,7 @@ def seed_total_line(total: int) -> str:
 
 
 def human_line(event: ExitEvent) -> str:
-    how = (
-        f"signal={event.signal.name}{' (core)' if event.core_dumped else ''}"
-        if event.signal
-        else f"code={event.exit_code}"
-    )
+    how = reason_text(event)
     comm = _printable_comm(event)
     line = (
         f"{event.time[11:23]} {event.scope[0]} pid={event.pid} ppid={event.ppid} "
