@@ -12,7 +12,7 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	systemd-container debootstrap openssh-client openssl shellcheck \
 	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64 nftables iproute2
 
-.PHONY: setup apt venv bpf tracefs demo test unit lint schema clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost soak
+.PHONY: setup apt venv bpf tracefs demo test unit lint schema clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost bench-killer soak
 
 setup: apt venv bpf tracefs
 	$(PY) -m pip install -q -e '.[dev]'
@@ -90,6 +90,11 @@ bench-context: setup build/.bench-apt-done
 	$(PY) bench/run.py --configs none,probe,probe-bare,full,full-bare --no-long \
 		--results bench/context.md --plot bench/context.png --out bench/out/context
 	$(PY) bench/join_cost.py
+# What the killer programs (signal_generate, mark_victim) cost: the full pipeline with and
+# without them, beside exitsnoop, interleaved.
+bench-killer: setup build/.bench-apt-done
+	$(PY) bench/run.py --configs none,full,full-nokiller,exitsnoop --no-long \
+		--results bench/killer_cost.md --plot bench/killer_cost.png --out bench/out/killer
 # where a storm's cost goes: the same configurations with the monitor frozen during storms.
 bench-storm: setup build/.bench-apt-done
 	$(PY) bench/run.py --configs none,full,full-frozen,probe,probe-frozen,exitsnoop --no-long \

@@ -215,16 +215,24 @@ class Bench:
         if key == "none":
             return Monitor()
         frozen = key.endswith("-frozen")
-        if key in ("full", "full-bare", "full-frozen"):
-            # full-bare: the same without exec/cgroup context (enrichment off)
+        if key in ("full", "full-bare", "full-frozen", "full-nokiller"):
+            # full-bare: the same without exec/cgroup context (enrichment off); full-nokiller:
+            # without the killer programs (signal_generate, mark_victim)
             bare = {"enrich": {"enabled": "false"}} if key == "full-bare" else {}
+            if key == "full-nokiller":
+                bare = {"probe": {**self.agent_options.get("probe", {}), "capture_killer": "false"}}
             m = PipelineMonitor(
                 self.procmon,
                 self.port,
                 options={**self.agent_options, **bare},
                 key=key,
                 label="procmon full pipeline"
-                + (", no context" if bare else "")
+                + (", no context" if key == "full-bare" else "")
+                + (
+                    ", no killer probe (`probe.capture_killer = false`)"
+                    if key == "full-nokiller"
+                    else ""
+                )
                 + (", agent frozen in storms" if frozen else ""),
             )
             m.broker_pid = self.broker.pid if self.broker else None
@@ -535,10 +543,13 @@ ALL_CONFIGS = ["none", "full", "probe", "exitsnoop", "bpftrace", "forkstat"]
 # Where a storm's cost goes (`make bench-storm`): the same procmon configurations with the
 # monitor process frozen (SIGSTOP) while a storm runs and thawed after it, so the probe keeps
 # queueing records in the ring and all userspace work waits for the storm's end.
-EXTRA_CONFIGS = ["full-bare", "probe-bare", "full-frozen", "probe-frozen"]
+# What killer attribution costs (`make bench-killer`): the full pipeline without the killer
+# programs.
+EXTRA_CONFIGS = ["full-bare", "probe-bare", "full-frozen", "probe-frozen", "full-nokiller"]
 TOOLS = {
     "full": ["mosquitto", "mosquitto_sub", "mosquitto_pub"],
     "full-bare": ["mosquitto", "mosquitto_sub", "mosquitto_pub"],
+    "full-nokiller": ["mosquitto", "mosquitto_sub", "mosquitto_pub"],
     "full-frozen": ["mosquitto", "mosquitto_sub", "mosquitto_pub"],
     "exitsnoop": ["exitsnoop", "stdbuf"],
     "bpftrace": ["bpftrace"],
