@@ -166,6 +166,7 @@ class Agent:
         old, self.cfg = self.cfg, new
         setup_logging(new.log_level, timestamps=False)
         pipeline = self.pipeline
+        pipeline.replace(poll_interval_ms=new.probe.poll_interval_ms, burst=burst_policy(new.probe))
         if (new.probe, new.enrich) != (old.probe, old.enrich):
             # The new probe is attached before the pipeline drops the old one.
             probe = attach_probe(new.probe, new.enrich)

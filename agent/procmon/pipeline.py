@@ -201,10 +201,17 @@ class Pipeline:
         probe: Probe | None = None,
         builder: EventBuilder | None = None,
         sinks: Sequence[Sink] | None = None,
+        poll_interval_ms: int | None = None,
+        burst: BurstPolicy | None = None,
     ) -> None:
         """Reload: take new parts. A new probe must already be attached: the old one is then
         detached and drained with the old builder (an overlap gives duplicates with the same
         event_id; a gap would lose exits). Replaced sinks are closed, without on_stop."""
+        if poll_interval_ms is not None:
+            self.poll_interval_ms = poll_interval_ms
+        if burst is not None:
+            self._burst_policy = burst
+            self.burst = self._burst_for(self.probe)
         if probe is not None:
             self._retire_probe()
             self.probe, self._probe_open = probe, True

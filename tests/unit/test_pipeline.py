@@ -30,9 +30,11 @@ class FakeProbe:
     def __init__(self, name: str, log: list[str], batches: list[list[int]], drops: int) -> None:
         self.name, self.log, self.batches, self.drops = name, log, batches, drops
         self.detached = self.closed = False
+        self.timeouts: list[int] = []
         self.ring_fill: RingFill | None = None
 
     def poll(self, timeout_ms: int) -> list[RawRecord]:
+        self.timeouts.append(timeout_ms)
         pids = self.batches.pop(0) if self.batches else []
         if pids:
             self.log.append(f"{self.name} poll {pids}")
@@ -135,3 +137,13 @@ def test_every_stop_step_runs_when_a_sink_fails() -> None:
         "stdout close",
         "kmsg close",
     ]
+
+
+def test_a_reload_retunes_the_poll_interval() -> None:
+    log: list[str] = []
+    probe = FakeProbe("p", log, [], drops=0)
+    pipe = pipeline(probe, [], log)
+    pipe.step()
+    pipe.replace(poll_interval_ms=25)
+    pipe.step()
+    assert probe.timeouts == [100, 25]
