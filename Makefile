@@ -95,6 +95,7 @@ bench-context: setup build/.bench-apt-done
 bench-killer: setup build/.bench-apt-done
 	$(PY) bench/run.py --configs none,full,full-nokiller,exitsnoop --no-long \
 		--results bench/killer_cost.md --plot bench/killer_cost.png --out bench/out/killer
+	$(PY) bench/prog_cost.py
 # where a storm's cost goes: the same configurations with the monitor frozen during storms.
 bench-storm: setup build/.bench-apt-done
 	$(PY) bench/run.py --configs none,full,full-frozen,probe,probe-frozen,exitsnoop --no-long \
