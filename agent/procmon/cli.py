@@ -106,6 +106,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         key_file=args.key_file,
         client_id=args.client_id,
         protocol=args.protocol,
+        max_packet_size=args.max_packet_size,
     )
 
 
@@ -181,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--client-id", help="a persistent session: the broker keeps events while you are away"
     )
     subscribe.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
+    subscribe.add_argument(
+        "--max-packet-size",
+        type=_positive_int,
+        default=1 << 20,
+        metavar="BYTES",
+        help="larger messages are dropped unread and counted (default 1 MiB; MQTT 5 tells "
+        "the broker)",
+    )
     _add_auth(subscribe)
     subscribe.set_defaults(func=cmd_subscribe)
 

@@ -1,9 +1,10 @@
 """`procmon subscribe`: validated ExitEvents from the bus as JSON lines, for log shippers.
 
 Every message is validated against ExitEvent. Bad ones (not JSON, wrong fields, another
-schema, over 1 MiB) are counted, reported on stderr (rate-limited) and skipped; the consumer
-keeps going. ``$share/<group>/<filter>`` splits one stream across consumers; ``dedup`` drops
-repeated event_ids (at-least-once delivery re-sends after outages) within a bounded window.
+schema, over the size bound, retained, or speaking for another host than its topic's) are
+counted, reported on stderr (rate-limited) and skipped; the consumer keeps going.
+``$share/<group>/<filter>`` splits one stream across consumers; ``dedup`` drops repeated
+(host, event_id) pairs (at-least-once delivery re-sends after outages) in a bounded window.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
+from procmon.bounded_client import BoundedClient
 from procmon.broker_url import (
     BrokerConfigError,
     BrokerOptions,
@@ -39,7 +41,7 @@ from procmon.signals import Signals
 
 log = logging.getLogger("procmon.subscribe")
 
-MAX_PAYLOAD = 1 << 20
+MAX_PACKET = 1 << 20  # default --max-packet-size: a message larger is never held in memory
 DEDUP_WINDOW = 100_000  # event ids remembered; re-deliveries come within minutes, not days
 SESSION_EXPIRY_S = 7 * 24 * 3600  # a named consumer's queue survives a week of downtime
 
@@ -54,6 +56,8 @@ class SubscribeCounters:
     invalid: int = 0
     oversized: int = 0
     wrong_schema: int = 0
+    spoofed: int = 0  # the event's host is not its topic's host level
+    retained: int = 0  # a retained message on an exits topic: a replay, never a live exit
 
     def summary(self) -> str:
         parts = ", ".join(
@@ -89,23 +93,45 @@ class RateLimitedLines:
 class ExitConsumer:
     """Validates messages and writes accepted events as JSON lines."""
 
-    def __init__(self, out: BinaryIO, dedup: bool, dedup_window: int = DEDUP_WINDOW) -> None:
+    def __init__(
+        self,
+        out: BinaryIO,
+        dedup: bool,
+        dedup_window: int = DEDUP_WINDOW,
+        max_payload: int = MAX_PACKET,
+    ) -> None:
         self.out = out
         self.counters = SubscribeCounters()
         self._dedup = dedup
-        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._seen: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
         self._dedup_window = dedup_window
+        self._max_payload = max_payload
         self._problems = RateLimitedLines()
 
+    def oversized(self, topic: str, size: int) -> None:
+        """A message too large to hold, dropped before it was read whole."""
+        self.counters.received += 1
+        self.counters.oversized += 1
+        self._problems.report(
+            f"skipped: {size}-byte message on {topic} (over {self._max_payload} bytes)"
+        )
+
     def handle(
-        self, topic: str, payload: bytes | bytearray, schema_property: str | None = None
+        self,
+        topic: str,
+        payload: bytes | bytearray,
+        schema_property: str | None = None,
+        retained: bool = False,
     ) -> bool:
         """Returns True when the message was written out."""
         c = self.counters
+        if len(payload) > self._max_payload:
+            self.oversized(topic, len(payload))
+            return False
         c.received += 1
-        if len(payload) > MAX_PAYLOAD:
-            c.oversized += 1
-            self._problems.report(f"skipped: {len(payload)}-byte message on {topic} (over 1 MiB)")
+        if retained:
+            c.retained += 1
+            self._problems.report(f"skipped: a retained message on {topic} (a replay)")
             return False
         if schema_property is not None and schema_property != SCHEMA_ID:
             c.wrong_schema += 1
@@ -116,7 +142,12 @@ class ExitConsumer:
         except ValidationError as exc:
             self._reject(topic, len(payload), exc)
             return False
-        if self._dedup and self._is_duplicate(event.event_id):
+        host = topic_host(topic)
+        if event.host != host:
+            c.spoofed += 1
+            self._problems.report(f"skipped: event on {topic} speaks for host {event.host!r}")
+            return False
+        if self._dedup and self._is_duplicate((host, event.event_id)):
             c.duplicates += 1
             return False
         self.out.write(_to_json(event) + b"\n")
@@ -136,15 +167,22 @@ class ExitConsumer:
             what = f"invalid event: {where}: {first['msg']}{more}"
         self._problems.report(f"skipped: {size}-byte message on {topic}: {what}")
 
-    def _is_duplicate(self, event_id: str) -> bool:
+    def _is_duplicate(self, key: tuple[str, str]) -> bool:
+        """Keyed by the topic's host too: another host cannot shadow this one's events."""
         seen = self._seen
-        if event_id in seen:
-            seen.move_to_end(event_id)
+        if key in seen:
+            seen.move_to_end(key)
             return True
-        seen[event_id] = None
+        seen[key] = None
         if len(seen) > self._dedup_window:
             seen.popitem(last=False)
         return False
+
+
+def topic_host(topic: str) -> str:
+    """The host level of ``<prefix>/<host>/exits``: the one the broker's ACL vouches for."""
+    levels = topic.split("/")
+    return levels[-2] if len(levels) >= 3 else ""
 
 
 # Room for a few thousand events in our kernel buffer: while this consumer is stalled (a busy
@@ -180,6 +218,7 @@ class _Subscriber:
         count: int | None,
         client_id: str | None,
         protocol: str,
+        max_packet: int = MAX_PACKET,
     ) -> None:
         self.consumer = consumer
         self.count = count
@@ -188,13 +227,16 @@ class _Subscriber:
         self._filter = topic_filter
         self._v5 = protocol == "5"
         self._reporter = ConnectionReporter(log, options.url, "retrying")
-        self.client = mqtt.Client(
+        self._reporter.warn_plain_credentials(options.username)
+        self.client = BoundedClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or "",
             protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
             clean_session=None if self._v5 else client_id is None,
             # Ack only what was written: messages left unhandled at exit stay queued.
             manual_ack=True,
+            max_packet=max_packet,
+            on_oversized=lambda topic, size, retained: consumer.oversized(topic, size),
         )
         options.apply(self.client)
         self.client.reconnect_delay_set(1, 10)
@@ -206,9 +248,13 @@ class _Subscriber:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_socket_open = _enlarge_receive_buffer
         props = None
-        if self._v5 and client_id:  # a named consumer keeps its queue while away
+        if self._v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            # The broker drops what is larger for us (MQTT 3.1.1 has no such limit: there
+            # BoundedClient drops it as it streams in).
+            props.MaximumPacketSize = max_packet
+            if client_id:  # a named consumer keeps its queue while away
+                props.SessionExpiryInterval = SESSION_EXPIRY_S
         self.client.connect_async(
             options.url.host,
             options.url.port,
@@ -265,7 +311,9 @@ class _Subscriber:
         if self.done.is_set():
             return  # not acked: a persistent session gets it again next time
         try:
-            self.consumer.handle(message.topic, message.payload, _schema_property(message))
+            self.consumer.handle(
+                message.topic, message.payload, _schema_property(message), bool(message.retain)
+            )
         except BrokenPipeError:  # the reader went away (`| head`)
             self.done.set()
             return
@@ -291,6 +339,7 @@ def run_subscribe(
     key_file: Path | None = None,
     client_id: str | None = None,
     protocol: str = "5",
+    max_packet_size: int = MAX_PACKET,
 ) -> int:
     """Write validated events as JSON lines to ``output`` (appending) or stdout.
 
@@ -308,8 +357,8 @@ def run_subscribe(
     except OSError as exc:
         print(f"procmon subscribe: output {output}: {exc.strerror}", file=sys.stderr)
         return EXIT_CONFIG
-    consumer = ExitConsumer(out, dedup)
-    sub = _Subscriber(options, topic_filter, consumer, count, client_id, protocol)
+    consumer = ExitConsumer(out, dedup, max_payload=max_packet_size)
+    sub = _Subscriber(options, topic_filter, consumer, count, client_id, protocol, max_packet_size)
     with Signals(on_stop=sub.done.set):
         sub.client.loop_start()
         try:

@@ -394,7 +394,9 @@ def sample_event(n: int, host: str = "sample-host") -> ExitEvent:
 
 
 def publish_raw(
-    broker: Mosquitto, messages: list[tuple[str, bytes, dict[str, str] | None]]
+    broker: Mosquitto,
+    messages: list[tuple[str, bytes, dict[str, str] | None]],
+    retain: bool = False,
 ) -> None:
     """Publish (topic, payload, user properties) with QoS 1 and wait for every PUBACK."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
@@ -407,7 +409,7 @@ def publish_raw(
             if user:
                 props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                 props.UserProperty = list(user.items())
-            infos.append(client.publish(topic, payload, qos=1, properties=props))
+            infos.append(client.publish(topic, payload, qos=1, retain=retain, properties=props))
         for info in infos:
             info.wait_for_publish(SLOW)
     finally:

@@ -9,9 +9,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from helpers.mosquitto import Mosquitto
 from helpers.mqtt import PY, SLOW, SubscriberProcess, publish_raw, sample_event, wait_until
-from procmon.subscribe import MAX_PAYLOAD
 
 
 def event_json(n: int, host: str = "h1") -> bytes:
@@ -31,7 +32,7 @@ def test_subscriber_validates_counts_and_keeps_going(
             ("procmon/h1/exits", event_json(1), {"schema": "procmon.exit/v1"}),
             ("procmon/h1/exits", b"{broken", None),
             ("procmon/h1/exits", b"{}", {"schema": "procmon.exit/v2"}),
-            ("procmon/h1/exits", b"y" * (MAX_PAYLOAD + 10), None),
+            ("procmon/h1/exits", event_json(3, "h2"), None),  # h1 speaking for h2
             ("procmon/h2/exits", event_json(2, "h2"), None),
             ("procmon/h1/exits", event_json(1), None),  # a re-delivery: kept without dedup
         ],
@@ -41,8 +42,47 @@ def test_subscriber_validates_counts_and_keeps_going(
     assert [e["pid"] for e in sub.events()] == [1, 2, 1]
     err = sub.stderr()
     assert err.count("skipped:") == 3
-    assert "0 duplicates, 1 invalid, 1 oversized, 1 wrong schema" in err
+    assert "0 duplicates, 1 invalid, 0 oversized, 1 wrong schema, 1 spoofed" in err
     assert "6 received, 3 written" in err
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_huge_messages_never_reach_memory(
+    protocol: str, broker: Mosquitto, subscribers: Any
+) -> None:
+    """Two 250 MB messages on an exits topic, then a valid event. MQTT 5: the broker drops
+    them for a subscriber that sent Maximum Packet Size. MQTT 3.1.1 has no such limit: the
+    subscriber drops them as they stream in, and counts them. Its peak RSS stays flat."""
+    sub = subscribers("big", broker.url, topic_filter="procmon/+/exits", protocol=protocol)
+    huge = b"y" * (250 << 20)
+    publish_raw(broker, [("procmon/h1/exits", huge, None)] * 2)
+    publish_raw(broker, [("procmon/h1/exits", event_json(1), None)])
+    wait_until(lambda: len(sub.events()) == 1, 120, "the event after the huge messages")
+    peak_kb = _peak_rss_kb(sub.proc.pid)
+    assert sub.stop() == 0
+    oversized = 2 if protocol == "3.1.1" else 0
+    assert f" {oversized} oversized" in sub.stderr()
+    assert peak_kb < 150_000, f"peak RSS {peak_kb} kB"
+
+
+def _peak_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_retained_spoof_is_not_replayed_to_new_subscribers(
+    broker: Mosquitto, subscribers: Any
+) -> None:
+    """A retained message on an exits topic would reach every new subscriber: it is skipped."""
+    publish_raw(broker, [("procmon/h1/exits", event_json(1), None)], retain=True)
+    sub = subscribers("late", broker.url, topic_filter="procmon/+/exits")
+    publish_raw(broker, [("procmon/h1/exits", event_json(2), None)])
+    wait_until(lambda: len(sub.events()) == 1, SLOW, "the live event")
+    assert sub.stop() == 0
+    assert [e["pid"] for e in sub.events()] == [2]
+    assert "1 retained" in sub.stderr()
 
 
 def test_dedup_count_and_exit_status(broker: Mosquitto, subscribers: Any) -> None:

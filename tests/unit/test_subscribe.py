@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from helpers.mqtt import PY, SLOW, sample_event
-from procmon.subscribe import MAX_PAYLOAD, ExitConsumer, RateLimitedLines
+from procmon.subscribe import MAX_PACKET, ExitConsumer, RateLimitedLines
 
 
 def event_json(n: int, host: str = "h1") -> bytes:
@@ -40,7 +40,7 @@ def test_consumer_writes_valid_events_as_json_lines() -> None:
         (b'{"schema":"procmon.exit/v1","pid":1}', None, "invalid"),
         (b'{"schema":"someone.else/v3","pid":1}', None, "wrong_schema"),
         (b"{}", "someone.else/v3", "wrong_schema"),
-        (b"x" * (MAX_PAYLOAD + 1), None, "oversized"),
+        (b"x" * (MAX_PACKET + 1), None, "oversized"),
     ],
 )
 def test_consumer_counts_and_skips_bad_messages(
@@ -60,10 +60,40 @@ def test_consumer_dedup_window_is_bounded() -> None:
     out = io.BytesIO()
     consumer = ExitConsumer(out, dedup=True, dedup_window=3)
     for n in (1, 2, 1, 3, 4, 5):  # the second 1 is a duplicate; then 1 leaves the window
-        consumer.handle("t", event_json(n))
-    consumer.handle("t", event_json(1))
+        consumer.handle("procmon/h1/exits", event_json(n))
+    consumer.handle("procmon/h1/exits", event_json(1))
     assert consumer.counters.duplicates == 1
     assert [json.loads(x)["pid"] for x in out.getvalue().splitlines()] == [1, 2, 3, 4, 5, 1]
+
+
+def test_an_event_speaking_for_another_host_is_refused(capsys: Any) -> None:
+    """What hostA's credentials let it publish (its own topic) cannot pass for hostB."""
+    out = io.BytesIO()
+    consumer = ExitConsumer(out, dedup=False)
+    assert not consumer.handle("procmon/hostA/exits", event_json(1, host="hostB"))
+    assert consumer.handle("procmon/hostB/exits", event_json(1, host="hostB"))
+    assert (consumer.counters.spoofed, consumer.counters.written) == (1, 1)
+    assert "procmon/hostA/exits speaks for host 'hostB'" in capsys.readouterr().err
+
+
+def test_dedup_is_keyed_by_the_topic_host() -> None:
+    """hostA replaying hostB's event_id on its own topic is refused as a spoof, and cannot
+    make hostB's real event a duplicate: the key holds the topic's host."""
+    out = io.BytesIO()
+    consumer = ExitConsumer(out, dedup=True)
+    forged = sample_event(1, "hostB").model_copy(update={"exit_code": 0})
+    consumer.handle("procmon/hostA/exits", forged.model_dump_json().encode())
+    real = sample_event(1, "hostB").model_copy(update={"exit_code": 139})
+    assert consumer.handle("procmon/hostB/exits", real.model_dump_json().encode())
+    assert [json.loads(x)["exit_code"] for x in out.getvalue().splitlines()] == [139]
+    assert (consumer.counters.spoofed, consumer.counters.duplicates) == (1, 0)
+
+
+def test_retained_messages_are_replays_and_skipped() -> None:
+    out = io.BytesIO()
+    consumer = ExitConsumer(out, dedup=False)
+    assert not consumer.handle("procmon/h1/exits", event_json(1), retained=True)
+    assert (consumer.counters.retained, consumer.counters.written) == (1, 0)
 
 
 def test_problem_reports_are_rate_limited(capsys: Any) -> None:
