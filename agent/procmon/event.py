@@ -11,7 +11,7 @@ import signal as _signal
 import time
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from procmon.probe.record import (
     FLAG_THREAD,
@@ -36,6 +36,12 @@ Rfc3339Ns = Annotated[
     StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z$"),
     Field(description="UTC time, RFC 3339 with nanoseconds"),
 ]
+# argv as sent: the probe reads at most 1,024 bytes; escapes (\xNN) and redaction markers can
+# grow that fourfold and a little. The bound makes an event's size bounded (MAX_EVENT_BYTES).
+ARGS_MAX_BYTES = 8192
+# The largest an event can serialize to, every field at its bound (tests/unit/test_event.py
+# builds that event): what a consumer's or broker's packet limit must allow.
+MAX_EVENT_BYTES = 128 << 10
 U32 = Annotated[int, Field(ge=0, le=0xFFFFFFFF)]
 U64 = Annotated[int, Field(ge=0, le=0xFFFFFFFFFFFFFFFF)]
 
@@ -46,7 +52,9 @@ class SignalInfo(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     number: int = Field(ge=1, le=127)
-    name: str = Field(description="e.g. SIGKILL; SIG<number> when the number has no name")
+    name: str = Field(
+        max_length=32, description="e.g. SIGKILL; SIG<number> when the number has no name"
+    )
 
 
 class Killer(BaseModel):
@@ -123,8 +131,10 @@ class ExitEvent(BaseModel):
     args: tuple[str, ...] | None = Field(
         default=None,
         max_length=1024,
-        description="argv at the last exec, at most 1024 bytes, secrets redacted; null when "
-        "unknown or not captured",
+        description="argv at the last exec (the probe reads at most 1024 bytes), secrets "
+        "redacted; at most 1024 items and 8192 bytes in UTF-8 with one byte per separator; "
+        "null when unknown or not captured",
+        json_schema_extra={"x-procmon-max-bytes": ARGS_MAX_BYTES},
     )
     args_truncated: bool | None = Field(
         default=None, description="argv was longer than what args holds"
@@ -162,6 +172,19 @@ class ExitEvent(BaseModel):
         "unknown or not killed",
     )
     oom_killed: bool = Field(default=False, description="the OOM killer chose this process")
+
+    @field_validator("args")
+    @classmethod
+    def _args_bytes(cls, args: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        """Items bound the count, not the size: a few huge items must not pass."""
+        if args is None:
+            return None
+        chars = sum(map(len, args)) + len(args)
+        if chars * 4 > ARGS_MAX_BYTES:  # a character is at most 4 bytes: only then count them
+            size = sum(len(a.encode("utf-8", "surrogatepass")) for a in args) + len(args)
+            if size > ARGS_MAX_BYTES:
+                raise ValueError(f"args are {size} bytes in UTF-8, over {ARGS_MAX_BYTES}")
+        return args
 
 
 def _killer(raw: RawExit) -> Killer | None:

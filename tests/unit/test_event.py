@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import signal
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from procmon.event import EventBuilder, ExitEvent, Killer, _split_cputime
+from procmon.event import MAX_EVENT_BYTES, EventBuilder, ExitEvent, Killer, _split_cputime
 from procmon.probe.record import (
     EXIT_RECORD_SIZE,
     FLAG_GROUP_DEAD,
@@ -218,3 +220,36 @@ def test_killer_comm_is_shown_safely() -> None:
         raw(exit_code=KILL, killer_flags=KILLER_KNOWN, killer_pid=7, killer_comm=b"\x1b[2Jx")
     )
     assert "\x1b" not in reason_text(event)
+
+
+def test_args_are_bounded_in_bytes_and_an_event_in_size() -> None:
+    """Few huge items pass an item count: the byte bound stops them (a 925 KB event did)."""
+    base = builder().build(raw()).model_dump()
+    with pytest.raises(ValidationError, match="args are 900001 bytes in UTF-8, over 8192"):
+        ExitEvent.model_validate({**base, "args": ("x" * 900_000,)})
+    # Every field at its bound, in characters that serialize longest (a control character
+    # becomes \\u0001, 6 bytes): the documented maximum holds.
+    widest = "\x01"
+    longest = ExitEvent.model_validate(
+        {
+            **base,
+            "event_id": widest * 128,
+            "host": widest * 128,
+            "comm": widest * 64,
+            "parent_comm": widest * 64,
+            "exe": widest * 4096,
+            "args": (widest * 7,) * 1024,  # 8 bytes an item with its separator: 8192
+            "cgroup": widest * 4096,
+            "unit": widest * 256,
+            "container_id": "f" * 64,
+            "container_runtime": "containerd",
+            "pod_uid": "0" * 8 + "-0000-0000-0000-" + "0" * 12,
+            "exec_source": "exec",
+            "args_truncated": True,
+            "signal": {"number": 9, "name": widest * 32},
+            "exit_reason": "killed",
+            "killer": {"pid": 2**32 - 1, "comm": widest * 64, "uid": 2**32 - 1},
+        }
+    )
+    size = len(render(longest, "json"))
+    assert 100_000 < size <= MAX_EVENT_BYTES, size
