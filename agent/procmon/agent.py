@@ -18,6 +18,7 @@ from procmon.config import AgentConfig, ConfigError, load_config
 from procmon.exit_status import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from procmon.logs import setup_logging
 from procmon.pipeline import Pipeline
+from procmon.privilege import drop_after_seed
 from procmon.signals import Signals
 from procmon.sinks import Sink
 from procmon.sinks.kmsg import KmsgSink
@@ -63,6 +64,8 @@ class Agent:
             for sink in self.local_sinks:
                 undo.callback(sink.close)
             self.context = attach_context(cfg.enrich, probe)
+            # Before any other thread starts: capabilities are per thread, new ones inherit.
+            drop_after_seed()
             self.mqtt = self._open_mqtt(cfg, probe.backend, spool, self._options)
             undo.pop_all()
         self.pipeline = Pipeline(
