@@ -46,15 +46,19 @@ def parse_broker_url(url: str) -> BrokerUrl:
     return BrokerUrl(host=m["host"], port=port, tls=m["scheme"] == "mqtts")
 
 
+def _not_world_readable(path: Path, what: str) -> None:
+    mode = path.stat().st_mode
+    if mode & stat.S_IROTH:
+        raise BrokerConfigError(
+            f"{what} {path} is readable by everyone (mode {stat.S_IMODE(mode):04o}):"
+            f" chmod o-rwx {path}"
+        )
+
+
 def read_password_file(path: Path) -> str:
     """The first line of the file; the file must not be world-readable."""
     try:
-        mode = path.stat().st_mode
-        if mode & stat.S_IROTH:
-            raise BrokerConfigError(
-                f"password file {path} is readable by everyone (mode {stat.S_IMODE(mode):04o}):"
-                f" chmod o-rwx {path}"
-            )
+        _not_world_readable(path, "password file")
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise BrokerConfigError(f"password file {path}: {exc.strerror}") from exc
@@ -70,6 +74,17 @@ def _readable(path: Path | None, what: str) -> Path | None:
     if path is not None and not os.access(path, os.R_OK):
         reason = "does not exist" if not path.exists() else "is not readable"
         raise BrokerConfigError(f"{what} {path} {reason}")
+    return path
+
+
+def _private_key(path: Path | None) -> Path | None:
+    """A client key, like a password, must not be readable by everyone."""
+    _readable(path, "client key")
+    if path is not None:
+        try:
+            _not_world_readable(path, "client key")
+        except OSError as exc:
+            raise BrokerConfigError(f"client key {path}: {exc.strerror}") from exc
     return path
 
 
@@ -107,7 +122,7 @@ class BrokerOptions:
             password=read_password_file(password_file) if password_file else None,
             ca_file=_readable(ca_file, "CA file"),
             cert_file=_readable(cert_file, "client certificate"),
-            key_file=_readable(key_file, "client key"),
+            key_file=_private_key(key_file),
         )
 
     def apply(self, client: mqtt.Client) -> None:
@@ -155,6 +170,10 @@ def describe_refusal(reason: ReasonCode | int) -> str:
     return f"refused: {text}"
 
 
+# A link the broker closes this soon after accepting it was most likely refused, not lost.
+QUICK_CLOSE_S = 2.0
+
+
 class ConnectionReporter:
     """Logs a connection problem once, not on every retry, and the recovery once."""
 
@@ -164,6 +183,16 @@ class ConnectionReporter:
         self._what = what
         self._last_problem: str | None = None
         self._failures = 0
+        self._hinted = False  # the likely cause of a link closed at once, said once
+
+    def warn_plain_credentials(self, username: str | None) -> None:
+        if username and not self._url.tls:
+            self._log.warning(
+                "MQTT broker %s: the credentials of user %r go over the network unencrypted:"
+                " use mqtts://",
+                self._url,
+                username,
+            )
 
     def failed(self, problem: str) -> None:
         self._failures += 1
@@ -181,5 +210,15 @@ class ConnectionReporter:
         self._last_problem = None
         self._failures = 0
 
-    def lost(self, reason: str) -> None:
+    def lost(self, reason: str, after_s: float | None = None) -> None:
         self._log.warning("MQTT broker %s: connection lost (%s); reconnecting", self._url, reason)
+        if after_s is not None and after_s < QUICK_CLOSE_S and not self._hinted:
+            self._hinted = True
+            self._log.warning(
+                "MQTT broker %s closed the link %.1f s after accepting it: likely an ACL "
+                "refusal (with the procmon_broker role a user may publish only under its own "
+                "host's topics: host_id must equal mqtt.username), or another client with the "
+                "same client id (with use_username_as_clientid, one connection per user)",
+                self._url,
+                after_s,
+            )

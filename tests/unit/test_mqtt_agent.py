@@ -3,6 +3,7 @@ sd_notify (the agent on the bus against a real mosquitto: tests/system/test_mqtt
 
 from __future__ import annotations
 
+import logging
 import socket
 import uuid
 from pathlib import Path
@@ -10,7 +11,12 @@ from pathlib import Path
 import pytest
 
 from procmon import sdnotify
-from procmon.broker_url import BrokerConfigError, BrokerOptions, parse_broker_url
+from procmon.broker_url import (
+    BrokerConfigError,
+    BrokerOptions,
+    ConnectionReporter,
+    parse_broker_url,
+)
 
 
 def test_broker_url_parsing() -> None:
@@ -37,6 +43,38 @@ def test_password_file_rules(tmp_path: Path) -> None:
         BrokerOptions.build("mqtt://h", ca_file=pw)
     with pytest.raises(BrokerConfigError, match="does not exist"):
         BrokerOptions.build("mqtts://h", ca_file=tmp_path / "missing.crt")
+
+
+def test_client_key_must_not_be_readable_by_everyone(tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("cert")
+    key.write_text("key")
+    key.chmod(0o644)
+    with pytest.raises(BrokerConfigError, match=r"client key .*k.pem is readable by everyone"):
+        BrokerOptions.build("mqtts://h", cert_file=cert, key_file=key)
+    key.chmod(0o600)
+    assert BrokerOptions.build("mqtts://h", cert_file=cert, key_file=key).key_file == key
+
+
+def test_credentials_over_plain_mqtt_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("procmon.test")
+    ConnectionReporter(log, parse_broker_url("mqtts://h"), "").warn_plain_credentials("u")
+    assert not caplog.records
+    ConnectionReporter(log, parse_broker_url("mqtt://h"), "").warn_plain_credentials("u")
+    assert "credentials of user 'u' go over the network unencrypted" in caplog.text
+
+
+def test_a_link_closed_at_once_names_the_likely_refusal_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reporter = ConnectionReporter(
+        logging.getLogger("procmon.test"), parse_broker_url("mqtt://h"), ""
+    )
+    reporter.lost("connection reset by peer", after_s=0.2)
+    reporter.lost("connection reset by peer", after_s=0.2)
+    reporter.lost("keepalive", after_s=600)
+    assert caplog.text.count("likely an ACL refusal") == 1
+    assert "host_id must equal mqtt.username" in caplog.text
 
 
 @pytest.mark.parametrize("abstract", [True, False])

@@ -164,6 +164,15 @@ class MqttSink:
         self._reporter = ConnectionReporter(
             log, self._options.url, "retrying with backoff; events stay in the spool"
         )
+        self._reporter.warn_plain_credentials(self._options.username)
+        if self._options.username and self._options.username != identity.host:
+            log.warning(
+                "mqtt.username %r is not host_id %r: a broker ACL that lets each user publish "
+                "only under its own host's topics (the procmon_broker role's) refuses every "
+                "event, and MQTT 3.1.1 cannot say so",
+                self._options.username,
+                identity.host,
+            )
 
         def encoder(topic: str, schema: str, retain: bool, expiry_s: int = 0) -> PublishEncoder:
             props = _v5_properties(schema, expiry_s) if v5 else []
@@ -209,6 +218,7 @@ class MqttSink:
 
         # Written under _lock or by one thread, read anywhere (GIL-atomic).
         self._connected = False
+        self._connected_at = 0.0
         self._closing = False
         self._stop = False
         self._wake_pending = False
@@ -301,7 +311,7 @@ class MqttSink:
             self._link = None
             was_connected, self._connected = self._connected, False
             if was_connected and not self._closing:
-                self._reporter.lost(why)
+                self._reporter.lost(why, time.monotonic() - self._connected_at)
             self._ping_sent = None
             for done in self._control_ids.values():
                 if done is not None:
@@ -329,6 +339,7 @@ class MqttSink:
             self._ping_sent = None
             self.connects += 1
             self._connected = True
+            self._connected_at = now
             self._status_due = True  # the retained online status goes first
             why = self._handle_locked(link.backlog) if link.backlog else None
             if why:
