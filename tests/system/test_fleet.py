@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -74,15 +75,19 @@ class PlayResult:
         return self.recap[host]["changed"]
 
 
-# CAP_BPF, CAP_PERFMON, and CAP_SYS_PTRACE for the /proc seed's exe (procmon_agent_seed_exe)
-AGENT_CAPS = (1 << 39) | (1 << 38) | (1 << 19)
+# CAP_BPF and CAP_PERFMON; CAP_SYS_PTRACE for the /proc seed's exe (procmon_agent_seed_exe),
+# in the bounding set only once the seed is done: the agent drops it from every other set.
+RUNNING_CAPS = (1 << 39) | (1 << 38)
+AGENT_CAPS = RUNNING_CAPS | (1 << 19)
 
 
-def _mqtt_client(ca_file: Path | None = None, auth: tuple[str, str] | None = None) -> Any:
+def _mqtt_client(
+    ca_file: Path | None = None, auth: tuple[str, str] | None = None, client_id: str = ""
+) -> Any:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
     if ca_file is not None:
         client.tls_set(ca_certs=str(ca_file))
     if auth is not None:
@@ -116,11 +121,12 @@ class Broker:
         host: str = "127.0.0.1",
         ca_file: Path | None = None,
         auth: tuple[str, str] | None = None,
+        client_id: str = "",
     ) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        client = _mqtt_client(ca_file, auth)
+        client = _mqtt_client(ca_file, auth, client_id)
         client.on_message = self._on_message
         client.on_subscribe = lambda *_args: self._subscribed.set()
         client.on_connect = lambda c, *_args: c.subscribe(topic, qos=1)
@@ -350,11 +356,45 @@ def test_first_deploy_starts_every_agent(fleet: Fleet) -> None:
         assert fleet.unit_prop(host, "User") == "procmon"
         # Least privilege, read from the running process: these capabilities, nothing else.
         pid = fleet.unit_prop(host, "MainPID")
-        status = fleet.ssh(host, f"grep -E '^(Uid|CapEff|CapBnd):' /proc/{pid}/status").stdout
+        status = fleet.ssh(host, f"grep -E '^(Uid|Cap...):' /proc/{pid}/status").stdout
         fields = dict(line.split(":", 1) for line in status.splitlines())
         assert fields["Uid"].split()[0] != "0", status
-        assert int(fields["CapEff"], 16) == AGENT_CAPS, status
+        for held in ("CapEff", "CapPrm", "CapAmb"):
+            assert int(fields[held], 16) == RUNNING_CAPS, status
         assert int(fields["CapBnd"], 16) == AGENT_CAPS, status
+
+
+# process_vm_writev into pid 1, from the agent's user: EPERM when refused, EFAULT when the
+# kernel got as far as the (unmapped) remote address, i.e. the write was allowed.
+_VM_WRITEV = (
+    "import ctypes\n"
+    "class V(ctypes.Structure): _fields_ = [('b', ctypes.c_void_p), ('n', ctypes.c_size_t)]\n"
+    "libc = ctypes.CDLL(None, use_errno=True); buf = ctypes.create_string_buffer(8)\n"
+    "loc, rem = V(ctypes.cast(buf, ctypes.c_void_p), 8), V(4096, 8)\n"
+    "libc.process_vm_writev(1, ctypes.byref(loc), 1, ctypes.byref(rem), 1, 0)\n"
+    "print(ctypes.get_errno())\n"
+)
+
+
+def test_agent_user_cannot_write_other_processes_memory(fleet: Fleet) -> None:
+    """The attack: the agent's uid with CAP_SYS_PTRACE wrote into a root process. Under the
+    unit's syscall filter it is refused even with that capability (a control run without the
+    filter reaches the address: the capability alone would have allowed it)."""
+    host = "fleet1"
+    unit = fleet.ssh(host, "systemctl cat procmon-agent").stdout
+    filters = [
+        line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("SystemCallFilter=")
+    ]
+    assert "~ptrace process_vm_readv process_vm_writev" in filters
+    base = (
+        "systemd-run --wait --pipe --quiet -p User=procmon -p AmbientCapabilities=CAP_SYS_PTRACE"
+        " -p SystemCallErrorNumber=EPERM"
+    )
+    sandboxed = " ".join(f"-p 'SystemCallFilter={f}'" for f in filters)
+    script = shlex.quote(_VM_WRITEV)
+    refused = fleet.ssh(host, f"{base} {sandboxed} /usr/bin/python3 -c {script}").stdout.split()
+    allowed = fleet.ssh(host, f"{base} /usr/bin/python3 -c {script}").stdout.split()
+    assert (refused, allowed) == (["1"], ["14"])  # EPERM under the filter; EFAULT without
 
 
 @pytest.mark.timeout(600)
@@ -580,6 +620,7 @@ def test_broker_role_gives_each_host_only_its_own_prefix(fleet: Fleet) -> None:
     # QoS 1 is at-least-once: a publish retried over a reconnect may arrive twice (a CI run
     # saw the status twice). The ACL is what this checks, so compare the distinct topics.
     assert sorted({t for t, _, _ in msgs}) == ["procmon/fleet2/exits", "procmon/fleet2/status"]
+    _check_no_takeover_or_peeking(port, ca)
 
     refused: list[Any] = []
     bad = _mqtt_client(ca, ("fleet2", "wrong"))
@@ -591,6 +632,36 @@ def test_broker_role_gives_each_host_only_its_own_prefix(fleet: Fleet) -> None:
         time.sleep(0.1)
     bad.loop_stop()
     assert refused and refused[0].is_failure, refused
+
+
+def _check_no_takeover_or_peeking(port: int, ca: Path) -> None:
+    """fleet3 online with a will; fleet2, with its own password, connects under fleet3's
+    client id and subscribes to fleet3's topics: fleet3 stays connected (no will), and fleet2
+    reads nothing of fleet3's."""
+    watcher = Broker(port, "procmon/fleet3/#", HOSTS["fleet1"], ca, ("dashboard", "secret-dash"))
+    victim = _mqtt_client(ca, ("fleet3", "secret-fleet3"), client_id="fleet3")
+    victim.will_set("procmon/fleet3/status", b"offline", qos=1)
+    victim.connect(HOSTS["fleet1"], port)
+    victim.loop_start()
+    peeker = None
+    try:
+        _publish_acked(victim, "procmon/fleet3/exits", b"before")
+        peeker = Broker(
+            port, "procmon/fleet3/#", HOSTS["fleet1"], ca, ("fleet2", "secret-fleet2"), "fleet3"
+        )
+        _publish_acked(victim, "procmon/fleet3/exits", b"after")
+        after = ("procmon/fleet3/exits", b"after", False)
+        msgs = watcher.wait_for(lambda m: after in m, 20)
+        time.sleep(1)
+        assert victim.is_connected()
+        assert ("procmon/fleet3/status", b"offline", False) not in watcher.snapshot(), msgs
+        assert peeker.snapshot() == []
+    finally:
+        for client in (peeker, watcher):
+            if client is not None:
+                client.close()
+        victim.loop_stop()
+        victim.disconnect()
 
 
 @pytest.mark.timeout(600)
