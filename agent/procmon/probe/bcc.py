@@ -262,48 +262,40 @@ class BccProbe:
     def _attach_context(self) -> None:
         """All three context programs or none: without them the exits still flow, with null
         context, so a kernel that refuses one costs a warning, not the events."""
-        for tp, fn in CONTEXT_RAW_TRACEPOINTS:
-            try:
-                self._bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
-            except Exception as exc:  # bcc raises bare Exceptions (load or attach)
-                self._detach_context()
-                log.warning(
-                    "exec and cgroup context unavailable (%s did not attach to %s: %s): "
-                    "events carry no exe, args or cgroup path",
-                    fn,
-                    tp,
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                )
-                return
-            self._context_attached.append(tp)
-        self.has_context = True
+        self._context_attached = self._attach_all(
+            CONTEXT_RAW_TRACEPOINTS,
+            "exec and cgroup context unavailable",
+            "events carry no exe, args or cgroup path",
+        )
+        self.has_context = bool(self._context_attached)
 
     def _attach_killer(self) -> None:
         """Both killer programs or none: without them exits carry no killer (one warning)."""
-        for tp, fn in KILLER_RAW_TRACEPOINTS:
+        self._killer_attached = self._attach_all(
+            KILLER_RAW_TRACEPOINTS, "killer attribution unavailable", "events carry no killer"
+        )
+        self.has_killer = bool(self._killer_attached)
+
+    def _attach_all(self, programs: tuple[tuple[str, str], ...], what: str, cost: str) -> list[str]:
+        """Attach every (raw tracepoint, function) or, at the first refusal, none (one
+        warning); returns the tracepoints attached."""
+        attached: list[str] = []
+        for tp, fn in programs:
             try:
                 self._bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
             except Exception as exc:  # bcc raises bare Exceptions (load or attach)
-                self._detach_killer()
-                log.warning(
-                    "killer attribution unavailable (%s did not attach to %s: %s)",
-                    fn,
-                    tp,
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                )
-                return
-            self._killer_attached.append(tp)
-        self.has_killer = True
+                self._detach_raw(attached)
+                text = str(exc).strip()
+                first = text.splitlines()[0] if text else type(exc).__name__
+                log.warning("%s (%s did not attach to %s: %s): %s", what, fn, tp, first, cost)
+                return []
+            attached.append(tp)
+        return attached
 
-    def _detach_killer(self) -> None:
-        for tp in self._killer_attached:
+    def _detach_raw(self, tracepoints: list[str]) -> None:
+        for tp in tracepoints:
             self._bpf.detach_raw_tracepoint(tp=tp.encode())
-        self._killer_attached = []
-
-    def _detach_context(self) -> None:
-        for tp in self._context_attached:
-            self._bpf.detach_raw_tracepoint(tp=tp.encode())
-        self._context_attached = []
+        tracepoints.clear()
 
     def poll(self, timeout_ms: int) -> list[RawRecord]:
         """Wait up to timeout_ms for a wakeup, then drain what is queued, at most MAX_BATCH
@@ -346,8 +338,8 @@ class BccProbe:
 
     def detach(self) -> None:
         """Stop new records; those already queued stay for a last poll()."""
-        self._detach_context()
-        self._detach_killer()
+        self._detach_raw(self._context_attached)
+        self._detach_raw(self._killer_attached)
         if self._attached == "raw":
             self._bpf.detach_raw_tracepoint(tp=RAW_TRACEPOINT[0].encode())
         elif self._attached == "tracepoint":
