@@ -129,15 +129,19 @@ def test_known_exits_arrive_with_right_fields(
     agent: AgentProcess = agents(broker.url, host_id=host).start()
     truths = [case() for case in exit_cases.CASES.values()]
 
+    def of_truth(events: list[dict[str, Any]], truth: exit_cases.Truth) -> list[dict[str, Any]]:
+        # The parent as well as the pid: a reused pid is not taken for the process.
+        return [e for e in events if (e["pid"], e["ppid"]) == (truth.pid, truth.ppid)]
+
     def arrived() -> bool:
         events = sub.events()
-        return all(by_pid(events, t.pid) for t in truths)
+        return all(of_truth(events, t) for t in truths)
 
     wait_until(arrived, SLOW, "an event for every known process")
     events = sub.events()
     problems: list[str] = []
     for truth in truths:
-        (event,) = [e for e in by_pid(events, truth.pid) if e["scope"] == "process"]
+        (event,) = [e for e in of_truth(events, truth) if e["scope"] == "process"]
         problems += exit_cases.check(truth, event)
         assert event["host"] == host and event["probe"] == "core"
     assert problems == []
