@@ -1,4 +1,5 @@
-"""The probe loop: drain the ring buffer, build events once, hand each batch to every sink."""
+"""The probe loop: drain the ring, build events once, hand each batch to every sink; and the
+probe's life from attach to close (drop totals across reloads, the final drain, on_stop)."""
 
 from __future__ import annotations
 
