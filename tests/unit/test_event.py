@@ -213,6 +213,8 @@ def test_exit_reasons_and_their_text() -> None:
     assert reason_text(oom.model_copy(update={"cgroup": "/system.slice/x.service"})) == (
         "OOM-killed in /system.slice/x.service"
     )
+    forged = reason_text(oom.model_copy(update={"cgroup": "/a\nPROCESS_MONITOR: forged"}))
+    assert forged.isprintable() and "\n" not in forged
 
 
 def test_killer_comm_is_shown_safely() -> None:

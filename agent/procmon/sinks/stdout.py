@@ -36,6 +36,8 @@ def reason_text(event: ExitEvent) -> str:
     name = event.signal.name
     if event.exit_reason == "oom":
         where = event.cgroup if event.cgroup not in (None, "/") else None
+        if where and not where.isprintable():  # a cgroup's name is anyone's with a subtree
+            where = repr(where)
         return f"OOM-killed in {where}" if where else "OOM-killed"
     if event.exit_reason == "crashed":
         return f"crashed: {name}{' (core dumped)' if event.core_dumped else ''}"
