@@ -10,7 +10,6 @@ capabilities, which the unit's NoNewPrivileges forbids.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 
@@ -33,7 +32,9 @@ class _Data(ctypes.Structure):
 
 
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # The running program's own symbols, glibc's among them. Not ctypes.util.find_library:
+    # it runs ldconfig, and the agent's own children would show up as exits.
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _sets() -> tuple[_Header, ctypes.Array[_Data]]:
