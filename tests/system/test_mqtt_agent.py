@@ -52,8 +52,11 @@ def exits_of(collector: Collector, host: str) -> list[dict[str, Any]]:
     return [m.json() for m in collector.on(f"procmon/{host}/exits")]
 
 
-def by_pid(events: list[dict[str, Any]], pid: int) -> list[dict[str, Any]]:
-    return [e for e in events if e["pid"] == pid and e["ppid"] == os.getpid()]
+def by_pid(events: list[dict[str, Any]], pid: int, ppid: int | None = None) -> list[dict[str, Any]]:
+    """The events of pid whose parent is ppid (default: this process), so that a reused pid
+    is not taken for the process."""
+    parent = os.getpid() if ppid is None else ppid
+    return [e for e in events if e["pid"] == pid and e["ppid"] == parent]
 
 
 def broker_down_with_queued_session(broker: Mosquitto, topics: list[str]) -> Collector:
@@ -129,19 +132,15 @@ def test_known_exits_arrive_with_right_fields(
     agent: AgentProcess = agents(broker.url, host_id=host).start()
     truths = [case() for case in exit_cases.CASES.values()]
 
-    def of_truth(events: list[dict[str, Any]], truth: exit_cases.Truth) -> list[dict[str, Any]]:
-        # The parent as well as the pid: a reused pid is not taken for the process.
-        return [e for e in events if (e["pid"], e["ppid"]) == (truth.pid, truth.ppid)]
-
     def arrived() -> bool:
         events = sub.events()
-        return all(of_truth(events, t) for t in truths)
+        return all(by_pid(events, t.pid, t.ppid) for t in truths)
 
     wait_until(arrived, SLOW, "an event for every known process")
     events = sub.events()
     problems: list[str] = []
     for truth in truths:
-        (event,) = [e for e in of_truth(events, truth) if e["scope"] == "process"]
+        (event,) = [e for e in by_pid(events, truth.pid, truth.ppid) if e["scope"] == "process"]
         problems += exit_cases.check(truth, event)
         assert event["host"] == host and event["probe"] == "core"
     assert problems == []
