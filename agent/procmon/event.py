@@ -187,11 +187,14 @@ class ExitEvent(BaseModel):
         return args
 
 
+KERNEL = Killer(pid=0, comm="kernel", uid=0)  # frozen: one instance serves every event
+
+
 def _killer(raw: RawExit) -> Killer | None:
     if not raw.killer_flags & KILLER_KNOWN:
         return None
     if raw.killer_flags & KILLER_KERNEL:
-        return Killer(pid=0, comm="kernel", uid=0)
+        return KERNEL
     comm = raw.killer_comm.decode("utf-8", "backslashreplace")
     return Killer(pid=raw.killer_pid, comm=comm, uid=raw.killer_uid)
 
