@@ -10,7 +10,8 @@ VMLINUX := build/vmlinux.h
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	mosquitto mosquitto-clients make gcc util-linux \
 	systemd-container debootstrap openssh-client openssl shellcheck \
-	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64 nftables iproute2
+	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64 nftables iproute2 \
+	prometheus rabbitmq-server
 
 .PHONY: setup apt venv bpf tracefs demo test unit lint schema clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost bench-killer soak
 
