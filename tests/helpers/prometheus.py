@@ -120,8 +120,7 @@ class PrometheusServer:
             time.sleep(0.5)
         if not result:
             raise AssertionError(
-                f"no result for {promql!r} within {timeout_s} s; "
-                f"targets: {self._targets_health()}"
+                f"no result for {promql!r} within {timeout_s} s; targets: {self._targets_health()}"
             )
         return result
 
