@@ -7,7 +7,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ class Agent:
         self._watchdog = sdnotify.watchdog_interval()
         self._next_ping = time.monotonic()
         self._next_stats = self._next_ping + cfg.stats_interval_s
+        # The last stats published (or, without MQTT, counted): what the stop line reports.
+        self.last_stats: dict[str, Any] = {}
         with contextlib.ExitStack() as undo:  # on failure, release what was opened
             # Cheap, likely-to-fail checks first: credentials and spool before attaching.
             self._options = _broker_options(cfg)
@@ -129,9 +131,11 @@ class Agent:
         """Between wakeups: counters, the watchdog, a reload asked for by SIGHUP."""
         now = time.monotonic()
         if self.mqtt and (final or now >= self._next_stats):
-            self.mqtt.publish_stats(self.counters())
+            self.last_stats = self.mqtt.publish_stats(self.counters())
             self._next_stats = now + self.cfg.stats_interval_s
         if final:
+            if self.mqtt is None:  # the counters after the last drain, for the stop line
+                self.last_stats = dict(self.counters())
             return
         if self._watchdog is not None and now >= self._next_ping:
             sdnotify.notify("WATCHDOG=1")
@@ -167,7 +171,7 @@ class Agent:
 
     def _apply(self, new: AgentConfig, options: BrokerOptions | None) -> None:
         old, self.cfg = self.cfg, new
-        setup_logging(new.log_level, timestamps=False)
+        setup_logging(new.log_level)
         pipeline = self.pipeline
         pipeline.replace(poll_interval_ms=new.probe.poll_interval_ms, burst=burst_policy(new.probe))
         if (new.probe, new.enrich) != (old.probe, old.enrich):
@@ -217,6 +221,22 @@ def _open_local_sinks(cfg: AgentConfig) -> list[Sink]:
     return sinks
 
 
+def stop_line(stats: Mapping[str, Any], events_seen: int) -> str:
+    """The one line logged at stop: exits seen, published, and every drop counter."""
+    drops = ", ".join(
+        f"{stats.get(key, 0)} {what}"
+        for key, what in (
+            ("dropped_kernel", "in the kernel ring"),
+            ("dropped_queue", "unspoolable"),
+            ("dropped_spool", "from a full spool"),
+            ("dropped_context_kernel", "context records"),
+        )
+    )
+    published = stats.get("published")
+    sent = "no MQTT sink" if published is None else f"{published} published"
+    return f"stopped: {events_seen} exits seen, {sent}; dropped: {drops}"
+
+
 def run_agent(
     cfg: AgentConfig,
     config_path: Path | None = None,
@@ -227,7 +247,7 @@ def run_agent(
     Returns the process exit status: 0 after a clean stop, 1 when the probe or a sink cannot
     start, 2 for configuration problems (one line on stderr names the culprit).
     """
-    setup_logging(cfg.log_level, timestamps=False)
+    setup_logging(cfg.log_level)
     with Signals(reload=True) as signals:
         try:
             agent = Agent(cfg, signals, lambda: load_config(config_path, overrides))
@@ -238,5 +258,6 @@ def run_agent(
             log.error("cannot start: %s", exc)
             return EXIT_FAILURE
         agent.run()
+    log.info("%s", stop_line(agent.last_stats, agent.events_seen))
     print(f"Total process exits monitored: {agent.events_seen}", flush=True)
     return EXIT_OK

@@ -14,11 +14,14 @@ from typing import Any
 from procmon import __version__
 from procmon.config import ConfigError, EnrichConfig, ProbeConfig, load_config
 from procmon.exit_status import EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
-from procmon.logs import setup_logging
+from procmon.logs import LOG_LEVELS, setup_logging
 from procmon.probe.errors import ProbeError
 from procmon.signals import Signals
 
 log = logging.getLogger("procmon")
+
+# Subcommands that write no log lines, where --log-level means nothing and is refused.
+COMMANDS_WITHOUT_LOGS = frozenset({"schema"})
 
 
 # --- tail ----------------------------------------------------------------------------------
@@ -74,6 +77,8 @@ def _agent_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["mqtt"] = {"broker": args.broker}
     if args.host_id:
         overrides["host_id"] = args.host_id
+    if args.log_level:  # the global flag wins over the config's log_level
+        overrides["log_level"] = args.log_level
     return overrides
 
 
@@ -144,7 +149,12 @@ def cmd_schema(_args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="procmon", description=__doc__)
     parser.add_argument("--version", action="version", version=f"procmon {__version__}")
-    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="log lines on stderr from this level up (default: warning; for agent, the "
+        "config's log_level, itself info by default); refused by commands that log nothing",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     tail = sub.add_parser("tail", help="stream process exits from this host")
@@ -220,9 +230,15 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command != "agent":  # the agent's level comes from its config
-        setup_logging(args.log_level)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log_level and args.command in COMMANDS_WITHOUT_LOGS:
+        parser.exit(
+            EXIT_CONFIG,
+            f"procmon: error: --log-level: `procmon {args.command}` logs nothing; drop the flag\n",
+        )
+    if args.command != "agent":  # the agent sets its level from its config and the flag
+        setup_logging(args.log_level or "warning")
     from procmon.probe.libbpf import LibbpfError
 
     try:
