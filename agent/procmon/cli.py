@@ -112,6 +112,11 @@ def _agent_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, _agent_overrides(args))
+    if args.print_config:
+        from procmon.config_doc import effective_toml
+
+        sys.stdout.write(effective_toml(cfg))
+        return EXIT_OK
     if args.check_config:
         print(
             f"config ok: host_id={cfg.host_id} broker={cfg.mqtt.broker} probe={cfg.probe.backend}"
@@ -164,7 +169,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if all(line.ok for line in lines) else EXIT_FAILURE
 
 
-def cmd_schema(_args: argparse.Namespace) -> int:
+def cmd_schema(args: argparse.Namespace) -> int:
+    if args.config_reference:
+        from procmon.config_doc import config_reference
+
+        sys.stdout.write(config_reference())
+        return EXIT_OK
     from procmon.schema import exit_event_schema
 
     print(json.dumps(exit_event_schema(), indent=2, sort_keys=False))
@@ -259,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--check-config", action="store_true", help="validate the configuration and exit"
     )
+    agent.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration (file, environment, flags) as TOML, "
+        "secrets masked, and exit",
+    )
     agent.set_defaults(func=cmd_agent)
 
     subscribe = sub.add_parser("subscribe", help="validated JSON lines from the bus")
@@ -295,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     schema = _command(sub, "schema", "print the ExitEvent JSON Schema")
+    schema.add_argument(
+        "--config-reference",
+        action="store_true",
+        help="print the agent's configuration reference (docs/config.md) instead",
+    )
     schema.set_defaults(func=cmd_schema)
     return parser
 
@@ -317,6 +338,7 @@ EXAMPLES: dict[str, str] = {
   procmon agent --config /etc/procmon/agent.toml
   procmon agent --broker mqtt://127.0.0.1:1883 --host-id web1
   procmon agent --config agent.toml --check-config   validate, then exit
+  procmon agent --config agent.toml --print-config   the effective TOML, secrets masked
   PROCMON_MQTT__BROKER=mqtts://mq:8883 procmon --log-level debug agent""",
     "check": """examples:
   procmon check                         BTF, tracefs, privilege, libbpf, probe attach
@@ -325,7 +347,8 @@ EXAMPLES: dict[str, str] = {
       --ca-file /etc/procmon/ca.pem""",
     "schema": """examples:
   procmon schema > exit-event.v1.json
-  procmon schema | jq '.properties | keys'""",
+  procmon schema | jq '.properties | keys'
+  procmon schema --config-reference > docs/config.md""",
 }
 
 

@@ -158,11 +158,11 @@ class MqttConfig(_Section):
     )
     prefix: str = Field(
         default="procmon",
-        description="First topic level: <prefix>/<host_id>/exits, .../status, .../stats.",
+        description="First topic level: `<prefix>/<host_id>/exits`, `.../status`, `.../stats`.",
     )
     protocol: Literal["5", "3.1.1"] = Field(default="5", description="The MQTT version spoken.")
     client_id: str | None = Field(
-        default=None, description="MQTT client id. Unset: procmon-<host_id>."
+        default=None, description="MQTT client id. Unset: `procmon-<host_id>`."
     )
     username: str | None = Field(default=None, description="MQTT user name.")
     password_file: Path | None = Field(
@@ -307,12 +307,12 @@ class MetricsConfig(_Section):
 
     listen: str | None = Field(
         default=None,
-        description="Serve /metrics on HOST:PORT ([V6]:PORT; a bare port means 127.0.0.1). "
+        description="Serve `/metrics` on `HOST:PORT` (`[V6]:PORT`; a bare port means 127.0.0.1). "
         "Unset: off.",
     )
     textfile: Path | None = Field(
         default=None,
-        description="Write the metrics to this *.prom file for node_exporter's textfile "
+        description="Write the metrics to this `*.prom` file for node_exporter's textfile "
         "collector (atomically, every stats_interval_s and at stop). Unset: off.",
     )
 
@@ -353,7 +353,7 @@ class AgentConfig(BaseSettings):
         default=10.0,
         gt=0,
         le=3600,
-        description="How often the counters are published on <prefix>/<host_id>/stats.",
+        description="How often the counters are published on `<prefix>/<host_id>/stats`.",
     )
     probe: ProbeConfig = ProbeConfig()
     mqtt: MqttConfig = MqttConfig()
