@@ -117,7 +117,8 @@ class AgentMetrics:
                 self._server, _thread = start_http_server(port, host, self.registry)
             except OSError as exc:
                 raise OSError(f"metrics.listen {listen}: cannot listen: {exc.strerror}") from exc
-            log.info("metrics on http://%s/metrics", listen)
+            shown = f"[{host}]" if ":" in host else host
+            log.info("metrics on http://%s:%d/metrics", shown, port)
 
     def update(self, stats: Mapping[str, Any], final: bool = False) -> None:
         self.collector.update(stats)

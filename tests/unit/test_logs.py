@@ -53,3 +53,14 @@ def test_journal_stream_must_name_this_stream(tmp_path: Path) -> None:
         assert not stream_is_journal(stream, "")
         assert not stream_is_journal(stream, "garbage")
         assert not stream_is_journal(stream, f"{st.st_dev}:")
+
+
+def test_stop_line_names_every_drop_counter() -> None:
+    from procmon.agent import stop_line
+
+    stats = {"published": 9, "dropped_kernel": 1, "dropped_spool": 2}
+    assert stop_line(stats, 12) == (
+        "stopped: 12 exits seen, 9 published; dropped: 1 in the kernel ring, 0 unspoolable, "
+        "2 from a full spool, 0 context records"
+    )
+    assert stop_line({}, 3).startswith("stopped: 3 exits seen, no MQTT sink; dropped: 0 in")
