@@ -47,6 +47,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     )
     enrich = EnrichConfig(enabled=not args.no_context, capture_args=not args.no_args)
     cgroup = cgroup_target(args.cgroup) if args.cgroup else None
+    if args.pid and not Path(f"/proc/{args.pid}").exists():  # its exit would never come
+        raise FilterError(f"--pid {args.pid}: no such process")
     accept = _tail_filter(args)
     with Signals() as stop:
         probe = attach_probe(cfg, enrich, target_tgid=args.pid or 0, cgroup=cgroup)

@@ -131,3 +131,16 @@ def test_unit_and_container_need_context() -> None:
     assert proc.stderr == (
         "procmon: error: --unit needs the cgroup context that --no-context turns off\n"
     )
+
+
+def test_pid_that_does_not_exist_is_one_line() -> None:
+    """Its exit would never come: `tail --pid X --count 1` must not wait forever."""
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    proc = subprocess.run(
+        [sys.executable, "-m", "procmon.cli", "tail", "--pid", str(pid_max + 1)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == f"procmon: error: --pid {pid_max + 1}: no such process\n"
