@@ -229,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="core: the CO-RE object (needs BTF); bcc: compiled here against kernel headers; "
         "auto: core where /sys/kernel/btf/vmlinux exists, else bcc (default: auto)",
     )
-    tail.add_argument("--host-id", help="host name to put in events (default: hostname)")
+    tail.add_argument(
+        "--host-id", metavar="NAME", help="host name to put in events (default: hostname)"
+    )
     tail.add_argument(
         "--ring-size-kb",
         type=_positive_int,
@@ -261,13 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     agent = _command(sub, "agent", "publish every exit to MQTT (the per-host daemon)")
     agent.add_argument(
-        "--config", type=Path, help="TOML file (default /etc/procmon/agent.toml, if it exists)"
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="TOML file (default /etc/procmon/agent.toml, if it exists)",
     )
     agent.add_argument(
         "--broker",
+        metavar="URL",
         help="the MQTT broker, mqtt://HOST:PORT or mqtts://HOST:PORT (overrides mqtt.broker)",
     )
-    agent.add_argument("--host-id", help="topic level for this host (default: hostname)")
+    agent.add_argument(
+        "--host-id", metavar="NAME", help="topic level for this host (default: hostname)"
+    )
     agent.add_argument(
         "--check-config", action="store_true", help="validate the configuration and exit"
     )
@@ -308,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="the probe backend to try (default: auto, as the agent picks it)",
     )
-    check.add_argument("--broker", help="also test this broker's connectivity and credentials")
+    check.add_argument(
+        "--broker", metavar="URL", help="also test this broker's connectivity and credentials"
+    )
     _add_auth(check)
     check.set_defaults(func=cmd_check)
 
@@ -369,17 +379,26 @@ def _command(
 
 def _add_auth(parser: argparse.ArgumentParser) -> None:
     auth = parser.add_argument_group("broker credentials and TLS")
-    auth.add_argument("--username", help="MQTT user name")
+    auth.add_argument("--username", metavar="NAME", help="MQTT user name")
     auth.add_argument(
         "--password-file",
         type=Path,
+        metavar="PATH",
         help="file holding the password (refused when others can read it; never on argv)",
     )
-    auth.add_argument("--ca-file", type=Path, help="CA certificate(s) to verify an mqtts:// broker")
-    auth.add_argument("--cert-file", type=Path, help="client certificate, for mutual TLS")
+    auth.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="PATH",
+        help="CA certificate(s) to verify an mqtts:// broker",
+    )
+    auth.add_argument(
+        "--cert-file", type=Path, metavar="PATH", help="client certificate, for mutual TLS"
+    )
     auth.add_argument(
         "--key-file",
         type=Path,
+        metavar="PATH",
         help="the client certificate's key (refused when others can read it)",
     )
 
