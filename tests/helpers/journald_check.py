@@ -71,10 +71,10 @@ def check_journal_priorities(run: Callable[[str], str]) -> None:
 
     # The agent itself: its start line at info, and after a restart its stop line, without a
     # timestamp of its own (the journal has the time).
-    cursor = run("journalctl --no-pager -n 0 --show-cursor -o cat | sed -n 's/^-- cursor: //p'")
+    since = run("date '+%Y-%m-%d %H:%M:%S'").strip()
     run(f"systemctl restart {AGENT_UNIT}")
     run("sleep 3; journalctl --sync 2>/dev/null || true")
-    entries = _journal_json(run, f"-u {AGENT_UNIT} --after-cursor={shlex.quote(cursor.strip())}")
+    entries = _journal_json(run, f"-u {AGENT_UNIT} --since {shlex.quote(since)}")
     lines = {e.get("MESSAGE", ""): e.get("PRIORITY") for e in entries}
     stops = [m for m in lines if m.startswith("procmon.agent: stopped: ")]
     starts = [m for m in lines if m.startswith("procmon.agent: running: ")]
