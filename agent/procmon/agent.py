@@ -88,6 +88,8 @@ class Agent:
             burst=burst_policy(cfg.probe),
             tick=self._tick,
         )
+        if self.metrics is not None:  # a scrape before the first tick finds every series
+            self.metrics.update(self.stats())
 
     def _open_mqtt(
         self, cfg: AgentConfig, backend: str, spool: Spool | None, options: BrokerOptions | None
@@ -240,6 +242,8 @@ class Agent:
         if (new.metrics, new.host_id) != (old.metrics, old.host_id):
             self.close_metrics()
             self.metrics = self._open_metrics(new, pipeline.probe.backend)
+            if self.metrics is not None:  # no scrape of the new listener finds it empty
+                self.metrics.update(self.stats())
 
     def _retire_context(self) -> None:
         if self.context is not None:

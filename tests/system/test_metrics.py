@@ -6,7 +6,9 @@ namespace (nsenter), so the shared machine's other exits stay out of the counts.
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,3 +94,24 @@ def test_metrics_listen_in_use_is_one_line(
         f"metrics.listen 127.0.0.1:{port}: cannot listen: Address already in use"
     ), lines
     assert first.proc is not None and first.proc.poll() is None
+
+
+def _scrape(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:
+        return None
+
+
+def test_reload_moves_the_listener(agents: Callable[..., AgentProcess], broker: Mosquitto) -> None:
+    """SIGHUP with a new metrics.listen: the old port closes, the new one serves."""
+    old, new = free_port(), free_port()
+    agent = agents(broker.url, config=f"log_level = 'info'\n[metrics]\nlisten = '{old}'\n").start()
+    assert "procmon_agent_running 1.0" in (_scrape(old) or "")
+    agent.config.write_text(f"log_level = 'info'\n[metrics]\nlisten = '{new}'\n")
+    agent.signal(signal.SIGHUP)
+    wait_until(lambda: "configuration applied" in agent.stderr(), what="the applied reload")
+    assert "procmon_agent_events_total" in (_scrape(new) or "")
+    assert _scrape(old) is None
+    assert agent.terminate() == 0
