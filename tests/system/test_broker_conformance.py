@@ -24,7 +24,7 @@ from paho.mqtt.enums import MQTTProtocolVersion
 
 from helpers.brokers import BROKERS, Broker, make_broker, missing
 from helpers.common import require
-from helpers.mqtt import AgentProcess, Collector, Storm, unique_host, wait_until
+from helpers.mqtt import SLOW, AgentProcess, Collector, Storm, unique_host, wait_until
 
 pytestmark = pytest.mark.brokers
 
@@ -108,14 +108,20 @@ def assert_every_exit_arrived(
 def test_completeness(
     agent_ready: None, agents: Any, broker: Broker, forkstorm: Path, tmp_path: Path
 ) -> None:
+    """Every exit of the batch arrives. A retained message waits on a topic another client
+    subscribes to: amqtt sends it to the agent unasked right after its CONNECT (issue 13)."""
     host = unique_host()
-    sub = collector(broker, [f"procmon/{host}/#"])  # status too: amqtt then pushes it back
+    bait = f"conformance/{host}/retained"
+    sub = collector(broker, [f"procmon/{host}/#", bait])
     try:
+        sub.client.publish(bait, b"not for the agent", qos=1, retain=True).wait_for_publish(SLOW)
+        wait_until(lambda: bool(sub.on(bait)), DEADLINE, "the retained bait")
         agent = start_agent(agents, broker, host)
         storm = storm_in(agent, forkstorm, tmp_path)
         assert_every_exit_arrived(storm, agent, lambda: exits(sub, host=host))
         assert agent.terminate() == 0
     finally:
+        sub.client.publish(bait, b"", qos=1, retain=True).wait_for_publish(SLOW)
         sub.close()
 
 
@@ -126,7 +132,7 @@ def test_retained_online_status_for_a_late_subscriber(
     status = f"procmon/{host}/status"
     start_agent(agents, broker, host)
     watcher = collector(broker, [status])
-    wait_until(lambda: (watcher.last_json(status) or {}).get("state") == "online")
+    wait_until(lambda: (watcher.last_json(status) or {}).get("state") == "online", DEADLINE)
     watcher.close()
     late = collector(broker, [status])
     wait_until(lambda: bool(late.on(status)), DEADLINE, "the retained status")
@@ -144,7 +150,7 @@ def test_last_will_after_sigkill(
     watcher = collector(broker, [status])
     agent = start_agent(agents, broker, host)
     try:
-        wait_until(lambda: (watcher.last_json(status) or {}).get("state") == "online")
+        wait_until(lambda: (watcher.last_json(status) or {}).get("state") == "online", DEADLINE)
         agent.kill()
         wait_until(
             lambda: (watcher.last_json(status) or {}).get("state") == "offline",
@@ -175,7 +181,8 @@ def test_replay_after_broker_restart(
     try:
         online = collector(broker, [f"procmon/{host}/status"])
         wait_until(
-            lambda: (online.last_json(f"procmon/{host}/status") or {}).get("state") == "online"
+            lambda: (online.last_json(f"procmon/{host}/status") or {}).get("state") == "online",
+            DEADLINE,
         )
         online.close()
         broker.stop()
