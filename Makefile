@@ -13,7 +13,7 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64 nftables iproute2 \
 	prometheus rabbitmq-server
 
-.PHONY: setup apt venv bpf tracefs demo test unit lint schema clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost bench-killer soak
+.PHONY: setup apt venv bpf tracefs demo test unit lint schema clean fleet-test vm-test dist deb collection bench bench-quick bench-context bench-storm bench-flood bench-event-cost bench-killer soak
 
 setup: apt venv bpf tracefs
 	$(PY) -m pip install -q -e '.[dev]'
@@ -52,12 +52,15 @@ $(BPF_OUT)/%: bpf/%
 	@mkdir -p $(BPF_OUT)
 	cp $< $@
 
-bpf: $(BPF_OBJ) $(BCC_SRC)
+bpf: $(BPF_OBJ) $(BPF_OBJ).sha256 $(BCC_SRC)
 $(BPF_OBJ): bpf/exit.bpf.c bpf/exit_record.h $(VMLINUX)
 	@mkdir -p $(BPF_OUT)
 	clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -Ibuild -Ibpf -c $< -o $@.tmp
 	llvm-strip -g $@.tmp  # CO-RE relocations live in .BTF.ext and survive stripping
 	mv $@.tmp $@
+# The object's checksum, shipped beside it in the wheel (and in dist/ by make dist).
+$(BPF_OBJ).sha256: $(BPF_OBJ)
+	cd $(BPF_OUT) && sha256sum exit.bpf.o > exit.bpf.o.sha256
 
 demo: setup
 	$(PY) -m procmon.demo
@@ -76,8 +79,9 @@ lint:
 	$(VENV)/bin/ruff format --check agent tests bench
 	$(VENV)/bin/mypy
 	MYPYPATH=tests $(VENV)/bin/mypy bench
-	cd ansible && ../$(VENV)/bin/ansible-lint --profile production
-	shellcheck tests/system/fleet/fleet.sh
+	cd ansible && ../$(VENV)/bin/ansible-lint --project-dir .  # the collection root; ansible/.ansible-lint
+	shellcheck tests/system/fleet/fleet.sh packaging/deb/build-deb.sh packaging/deb/postinst \
+		packaging/deb/prerm packaging/deb/postrm
 
 # procmon against exitsnoop, bpftrace and forkstat: bench/results.md and bench/results.png.
 BENCH_APT := libbpf-tools bpftrace forkstat
@@ -124,6 +128,30 @@ soak: setup
 # Three systemd-nspawn hosts deployed with ansible/deploy.yml (also part of `make test`).
 fleet-test: setup
 	CI=$${CI:-} $(PY) -m pytest -m fleet -ra
+
+# Release artifacts in dist/: the wheel and sdist with the CO-RE object inside (one object for
+# every kernel with BTF: no compiler or BTF needed where they are installed), the object's
+# sha256 (dist/exit.bpf.o.sha256, also procmon/probe/bpf/exit.bpf.o.sha256 in the wheel) and
+# dist/SHA256SUMS of everything in dist/.
+VERSION = $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' agent/procmon/__init__.py)
+WHEEL = dist/procmon-$(VERSION)-py3-none-any.whl
+dist: bpf $(VENV)/bin/pytest
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	cp $(BPF_OUT)/exit.bpf.o.sha256 dist/exit.bpf.o.sha256
+	cd dist && sha256sum procmon* > SHA256SUMS
+
+# dist/procmon_<version>-1_<arch>.deb: the agent in its own venv under /opt/procmon with every
+# dependency inside, the unit, /usr/bin/procmon; depends on python3 and libbpf1 only.
+deb: dist
+	packaging/deb/build-deb.sh $(WHEEL) dist $(PY)
+	cd dist && sha256sum procmon* > SHA256SUMS
+
+# dist/procmon-procmon-<version>.tar.gz: the Ansible collection (roles procmon.procmon.agent and
+# procmon.procmon.broker, playbook procmon.procmon.deploy).
+collection: $(VENV)/bin/pytest
+	@mkdir -p dist
+	$(VENV)/bin/ansible-galaxy collection build --force --output-path dist ansible
 
 schema:
 	$(VENV)/bin/procmon schema > schemas/exit-event.v1.json
