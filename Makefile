@@ -133,25 +133,27 @@ fleet-test: setup
 # every kernel with BTF: no compiler or BTF needed where they are installed), the object's
 # sha256 (dist/exit.bpf.o.sha256, also procmon/probe/bpf/exit.bpf.o.sha256 in the wheel) and
 # dist/SHA256SUMS of everything in dist/.
+# DIST: the tests build into build/ instead.
+DIST ?= dist
 VERSION = $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' agent/procmon/__init__.py)
-WHEEL = dist/procmon-$(VERSION)-py3-none-any.whl
+WHEEL = $(DIST)/procmon-$(VERSION)-py3-none-any.whl
 dist: bpf $(VENV)/bin/pytest
-	rm -rf dist
-	$(PY) -m build --outdir dist .
-	cp $(BPF_OUT)/exit.bpf.o.sha256 dist/exit.bpf.o.sha256
-	cd dist && sha256sum procmon* > SHA256SUMS
+	rm -rf $(DIST)
+	$(PY) -m build --outdir $(DIST) .
+	cp $(BPF_OUT)/exit.bpf.o.sha256 $(DIST)/exit.bpf.o.sha256
+	cd $(DIST) && sha256sum procmon* > SHA256SUMS
 
 # dist/procmon_<version>-1_<arch>.deb: the agent in its own venv under /opt/procmon with every
 # dependency inside, the unit, /usr/bin/procmon; depends on python3 and libbpf1 only.
 deb: dist
-	packaging/deb/build-deb.sh $(WHEEL) dist $(PY)
-	cd dist && sha256sum procmon* > SHA256SUMS
+	packaging/deb/build-deb.sh $(WHEEL) $(DIST) $(PY)
+	cd $(DIST) && sha256sum procmon* > SHA256SUMS
 
 # dist/procmon-procmon-<version>.tar.gz: the Ansible collection (roles procmon.procmon.agent and
 # procmon.procmon.broker, playbook procmon.procmon.deploy).
 collection: $(VENV)/bin/pytest
-	@mkdir -p dist
-	$(VENV)/bin/ansible-galaxy collection build --force --output-path dist ansible
+	@mkdir -p $(DIST)
+	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(DIST) ansible
 
 schema:
 	$(VENV)/bin/procmon schema > schemas/exit-event.v1.json
