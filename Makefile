@@ -154,6 +154,7 @@ deb: dist
 collection: $(VENV)/bin/pytest
 	@mkdir -p $(DIST)
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(DIST) ansible
+	cd $(DIST) && sha256sum procmon* > SHA256SUMS
 
 schema:
 	$(VENV)/bin/procmon schema > schemas/exit-event.v1.json
