@@ -125,7 +125,8 @@ vm-test: setup
 soak: setup
 	$(PY) bench/soak.py
 
-# Three systemd-nspawn hosts deployed with ansible/deploy.yml (also part of `make test`).
+# Three systemd-nspawn hosts without PyPI, deployed from the built collection (procmon.procmon.deploy)
+# and the .deb (also part of `make test`).
 fleet-test: setup
 	CI=$${CI:-} $(PY) -m pytest -m fleet -ra
 

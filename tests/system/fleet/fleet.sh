@@ -143,8 +143,7 @@ prepare_host() {
     ssh-keygen -q -A -f "$root/tmp/keys"
     mv "$root"/tmp/keys/etc/ssh/ssh_host_* "$root/etc/ssh/"
     rm -rf "$root/tmp/keys"
-    # Like container images: packages do not start their services on install (Debian's mosquitto
-    # would otherwise grab 127.0.0.1:1883 in the shared network namespace); roles start them.
+    # Like container images: packages do not start their services on install; roles start them.
     printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
     chmod 0755 "$root/usr/sbin/policy-rc.d"
     install -d -m 0700 "$root/root/.ssh"
