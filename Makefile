@@ -13,7 +13,7 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64 nftables iproute2 \
 	prometheus rabbitmq-server
 
-.PHONY: setup apt venv bpf tracefs brokers demo test unit lint schema config-doc clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost bench-killer soak
+.PHONY: setup apt venv bpf tracefs brokers demo test unit lint schema config-doc clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost bench-killer soak dist deb collection
 
 setup: apt venv bpf tracefs brokers
 	$(PY) -m pip install -q -e '.[dev]'
@@ -67,12 +67,15 @@ $(BPF_OUT)/%: bpf/%
 	@mkdir -p $(BPF_OUT)
 	cp $< $@
 
-bpf: $(BPF_OBJ) $(BCC_SRC)
+bpf: $(BPF_OBJ) $(BPF_OBJ).sha256 $(BCC_SRC)
 $(BPF_OBJ): bpf/exit.bpf.c bpf/exit_record.h $(VMLINUX)
 	@mkdir -p $(BPF_OUT)
 	clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -Ibuild -Ibpf -c $< -o $@.tmp
 	llvm-strip -g $@.tmp  # CO-RE relocations live in .BTF.ext and survive stripping
 	mv $@.tmp $@
+# The object's checksum, shipped beside it in the wheel (and in dist/ by make dist).
+$(BPF_OBJ).sha256: $(BPF_OBJ)
+	cd $(BPF_OUT) && sha256sum exit.bpf.o > exit.bpf.o.sha256
 
 demo: setup
 	$(PY) -m procmon.demo
@@ -91,8 +94,9 @@ lint:
 	$(VENV)/bin/ruff format --check agent tests bench
 	$(VENV)/bin/mypy
 	MYPYPATH=tests $(VENV)/bin/mypy bench
-	cd ansible && ../$(VENV)/bin/ansible-lint --profile production
-	shellcheck tests/system/fleet/fleet.sh
+	cd ansible && ../$(VENV)/bin/ansible-lint --project-dir .  # the collection root; ansible/.ansible-lint
+	shellcheck tests/system/fleet/fleet.sh packaging/deb/build-deb.sh packaging/deb/postinst \
+		packaging/deb/prerm packaging/deb/postrm
 
 # procmon against exitsnoop, bpftrace and forkstat: bench/results.md and bench/results.png.
 BENCH_APT := libbpf-tools bpftrace forkstat
@@ -136,9 +140,37 @@ vm-test: setup
 soak: setup
 	$(PY) bench/soak.py
 
-# Three systemd-nspawn hosts deployed with ansible/deploy.yml (also part of `make test`).
+# Three systemd-nspawn hosts without PyPI, deployed from the built collection (procmon.procmon.deploy)
+# and the .deb (also part of `make test`).
 fleet-test: setup
 	CI=$${CI:-} $(PY) -m pytest -m fleet -ra
+
+# Release artifacts in dist/: the wheel and sdist with the CO-RE object inside (one object for
+# every kernel with BTF: no compiler or BTF needed where they are installed), the object's
+# sha256 (dist/exit.bpf.o.sha256, also procmon/probe/bpf/exit.bpf.o.sha256 in the wheel) and
+# dist/SHA256SUMS of everything in dist/.
+# DIST: the tests build into build/ instead.
+DIST ?= dist
+VERSION = $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' agent/procmon/__init__.py)
+WHEEL = $(DIST)/procmon-$(VERSION)-py3-none-any.whl
+dist: bpf $(VENV)/bin/pytest
+	rm -rf $(DIST)
+	$(PY) -m build --outdir $(DIST) .
+	cp $(BPF_OUT)/exit.bpf.o.sha256 $(DIST)/exit.bpf.o.sha256
+	cd $(DIST) && sha256sum procmon* > SHA256SUMS
+
+# dist/procmon_<version>-1_<arch>.deb: the agent in its own venv under /opt/procmon with every
+# dependency inside, the unit, /usr/bin/procmon; depends on python3 and libbpf1 only.
+deb: dist
+	packaging/deb/build-deb.sh $(WHEEL) $(DIST) $(PY)
+	cd $(DIST) && sha256sum procmon* > SHA256SUMS
+
+# dist/procmon-procmon-<version>.tar.gz: the Ansible collection (roles procmon.procmon.agent and
+# procmon.procmon.broker, playbook procmon.procmon.deploy).
+collection: $(VENV)/bin/pytest
+	@mkdir -p $(DIST)
+	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(DIST) ansible
+	cd $(DIST) && sha256sum procmon* > SHA256SUMS
 
 schema:
 	$(VENV)/bin/procmon schema > schemas/exit-event.v1.json

@@ -1,11 +1,15 @@
-"""The real fleet test: `ansible/deploy.yml` against three Debian 12 systemd-nspawn hosts.
+"""The real fleet test: the procmon.procmon collection against three Debian 12 systemd-nspawn hosts.
 
-`tests/system/fleet/fleet.sh` builds the hosts (systemd as PID 1, sshd on 127.0.0.11-13, eBPF
-allowed); this module builds the wheel and an offline wheelhouse, starts a mosquitto on 127.0.0.1
-(the hosts share the network namespace, so their agents reach it), deploys, and checks what a user
-would: agents active, idempotence, check mode, per-host exits with the right codes (pid-namespace
-scope), retained online/offline status, restarts only where the config changed, the broker role's
-per-host ACLs and `procmon_agent_state=absent`. The fleet is torn down at the end, even on failure.
+`tests/system/fleet/fleet.sh` builds the hosts (systemd as PID 1, sshd on 10.77.77.11-13, eBPF
+allowed, no route out: apt reaches only Debian's archive, through a proxy); this module builds the
+release as a user gets it (`make deb collection`), installs the collection with `ansible-galaxy
+collection install` into a collections path, starts a mosquitto on the hosts' bridge, runs
+`procmon.procmon.deploy` from the installed collection with the .deb (install method deb: the
+hosts cannot reach PyPI, which a test asserts) and checks what a user would: agents active,
+idempotence, check mode, per-host exits with the right codes (pid-namespace scope), retained
+online/offline status, restarts only where the config changed, the broker role's per-host ACLs,
+`procmon_agent_state=absent`, and the pip method from a named index (a mirror on the bridge) with
+the wheel's sha256. The fleet is torn down at the end, even on failure.
 
 Needs root, systemd-nspawn, debootstrap and mosquitto. Under CI=true a missing requirement fails
 the test instead of skipping it. Timings go to build/fleet/timings.json.
@@ -31,15 +35,22 @@ from typing import Any
 import pytest
 
 from helpers.common import REPO
+from helpers.release import (
+    Release,
+    build_release,
+    install_collection,
+    playbook_command,
+    playbook_env,
+)
 
 pytestmark = pytest.mark.fleet
 
 
-ANSIBLE_DIR = REPO / "ansible"
 FLEET_SH = REPO / "tests" / "system" / "fleet" / "fleet.sh"
 RUN_DIR = Path(os.environ.get("PMTEST_FLEET_RUN", REPO / "build" / "fleet"))
 DIST_DIR = REPO / "build" / "fleet-dist"
-HOSTS = {"fleet1": "127.0.0.11", "fleet2": "127.0.0.12", "fleet3": "127.0.0.13"}
+CONTROLLER = "10.77.77.1"  # this machine, on the fleet's bridge (fleet.sh)
+HOSTS = {"fleet1": "10.77.77.11", "fleet2": "10.77.77.12", "fleet3": "10.77.77.13"}
 PLAYBOOK_TIMEOUT = 900
 RECAP = re.compile(
     r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
@@ -166,6 +177,8 @@ class Fleet:
     inventory: Path
     key: Path
     known_hosts: Path
+    release: Release
+    collections: Path
     timings: dict[str, float] = field(default_factory=dict)
 
     def ssh(self, host: str, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -190,19 +203,12 @@ class Fleet:
         )
 
     def playbook(self, *extra: str) -> PlayResult:
-        cmd = [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            str(self.inventory),
-            "deploy.yml",
-            *extra,
-        ]
-        env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+        cmd = playbook_command(self.inventory, *extra)
         start = time.monotonic()
         proc = subprocess.run(
             cmd,
-            cwd=ANSIBLE_DIR,
-            env=env,
+            cwd=RUN_DIR,
+            env=playbook_env(self.collections),
             capture_output=True,
             text=True,
             timeout=PLAYBOOK_TIMEOUT,
@@ -219,7 +225,7 @@ class Fleet:
         return PlayResult(proc.returncode, output, seconds, recap)
 
     def subscribe(self, topic: str) -> Broker:
-        return Broker(self.port, topic)
+        return Broker(self.port, topic, host=CONTROLLER)
 
     def unit_prop(self, host: str, prop: str) -> str:
         out = self.ssh(host, f"systemctl show -p {prop} --value procmon-agent.service").stdout
@@ -231,33 +237,28 @@ def _run(cmd: list[str], timeout: float, **kwargs: Any) -> None:
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
 
 
-def _build_dist() -> Path:
-    """The wheel (with the BPF object) and a wheelhouse of its dependencies, as a user would."""
-    _run(["make", "-C", str(REPO), "bpf"], timeout=300)
-    shutil.rmtree(DIST_DIR, ignore_errors=True)
-    DIST_DIR.mkdir(parents=True)
-    py = sys.executable
-    _run([py, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(DIST_DIR), str(REPO)], 300)
-    wheels = sorted(DIST_DIR.glob("procmon-*.whl"))
-    assert len(wheels) == 1, wheels
+def _wheelhouse(release: Release) -> Path:
+    """The wheel's dependencies as wheels, for the pip method's index (a mirror on the bridge)."""
+    house = DIST_DIR / "wheelhouse"
     _run(
-        [py, "-m", "pip", "download", "-q", "-d", str(DIST_DIR / "wheelhouse"), str(wheels[0])], 300
+        [sys.executable, "-m", "pip", "download", "-q", "-d", str(house), str(release.wheel)],
+        timeout=300,
     )
-    (DIST_DIR / "wheelhouse" / wheels[0].name).unlink(missing_ok=True)
-    return wheels[0]
+    (house / release.wheel.name).unlink(missing_ok=True)
+    return house
 
 
 def _start_mosquitto(port: int) -> subprocess.Popen[bytes]:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     conf = RUN_DIR / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    conf.write_text(f"listener {port} {CONTROLLER}\nallow_anonymous true\npersistence false\n")
     conf.chmod(0o644)
     log = (RUN_DIR / "mosquitto.log").open("wb")
     proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
+            if sock.connect_ex((CONTROLLER, port)) == 0:
                 return proc
         assert proc.poll() is None, (RUN_DIR / "mosquitto.log").read_text()
         time.sleep(0.1)
@@ -289,15 +290,16 @@ def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
     started = time.monotonic()
     timings: dict[str, float] = {}
     port = _free_port()
-    broker = _start_mosquitto(port)
+    brokers: list[subprocess.Popen[bytes]] = []
 
     def teardown() -> None:
         down = _fleet_sh("down", timeout=180)
-        broker.terminate()
-        try:
-            broker.wait(10)
-        except subprocess.TimeoutExpired:
-            broker.kill()
+        for broker in brokers:
+            broker.terminate()
+            try:
+                broker.wait(10)
+            except subprocess.TimeoutExpired:
+                broker.kill()
         timings["whole_fleet_test_s"] = round(time.monotonic() - started, 1)
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         (RUN_DIR / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
@@ -305,22 +307,26 @@ def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
 
     request.addfinalizer(teardown)
     t0 = time.monotonic()
-    wheel = _build_dist()
-    timings["build_wheel_s"] = round(time.monotonic() - t0, 1)
+    release = build_release(DIST_DIR)
+    collections = RUN_DIR / "collections"
+    shutil.rmtree(collections, ignore_errors=True)
+    install_collection(release, collections)
+    timings["build_release_s"] = round(time.monotonic() - t0, 1)
     t0 = time.monotonic()
     up = _fleet_sh("up", timeout=900)
     assert up.returncode == 0, f"fleet up failed:\n{up.stderr}"
     timings["fleet_up_s"] = round(time.monotonic() - t0, 1)
+    brokers.append(_start_mosquitto(port))  # on the bridge, which `up` made
     inventory = RUN_DIR / "inventory"
     group_vars = inventory / "group_vars"
     group_vars.mkdir(parents=True, exist_ok=True)
     (group_vars / "procmon_agents.yml").write_text(
         "---\n"
-        f"procmon_agent_wheel: {wheel}\n"
-        f"procmon_agent_wheelhouse: {DIST_DIR / 'wheelhouse'}\n"
+        # install method deb (the default when a .deb is given): the hosts have no PyPI
+        f"procmon_agent_deb: {release.deb}\n"
         "procmon_agent_pidns_scope: true\n"
-        f"procmon_agent_mqtt_broker: mqtt://127.0.0.1:{port}\n"
-        "procmon_agent_mqtt_allow_plain: true\n"  # the test broker is plain, on loopback
+        f"procmon_agent_mqtt_broker: mqtt://{CONTROLLER}:{port}\n"
+        "procmon_agent_mqtt_allow_plain: true\n"  # the test broker is plain, on the bridge
         "procmon_agent_stats_interval_s: 5\n"
     )
     yield Fleet(
@@ -328,8 +334,48 @@ def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
         inventory=inventory / "hosts.ini",
         key=RUN_DIR / "id_ed25519",
         known_hosts=RUN_DIR / "known_hosts",
+        release=release,
+        collections=collections,
         timings=timings,
     )
+
+
+# From a host: PyPI directly (its address as this machine resolves it; the hosts have no name
+# server), and through the apt proxy, both CONNECT and plain HTTP. Prints one line per way.
+_REACH_PYPI = f"""
+import http.client, socket, sys
+addr = sys.argv[1]
+def attempt(what, fn):
+    try:
+        print(what, fn())
+    except OSError as exc:
+        print(what, "refused", type(exc).__name__)
+def direct():
+    socket.create_connection((addr, 443), timeout=5).close()
+    return "connected"
+def proxied(method, target):
+    conn = http.client.HTTPConnection("{CONTROLLER}", 3142, timeout=10)
+    conn.request(method, target, headers={{"Host": "pypi.org"}})
+    return conn.getresponse().status
+attempt("direct", direct)
+attempt("connect", lambda: proxied("CONNECT", "pypi.org:443"))
+attempt("get", lambda: proxied("GET", "http://pypi.org/simple/procmon/"))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_hosts_cannot_reach_pypi(fleet: Fleet) -> None:
+    """The deb method's premise: no route out, no name server, and the apt proxy refuses PyPI."""
+    pypi = socket.gethostbyname("pypi.org")
+    for host in HOSTS:
+        routes = fleet.ssh(host, "ip -4 route show; ip -6 route show default").stdout
+        assert "default" not in routes, (host, routes)
+        out = fleet.ssh(host, f"python3 -c {shlex.quote(_REACH_PYPI)} {pypi}").stdout.split("\n")
+        assert out[:3] == ["direct refused OSError", "connect 403", "get 403"], (host, out)
+
+
+def release_version(release: Release) -> str:
+    return release.wheel.name.split("-")[1]
 
 
 def _statuses(msgs: list[tuple[str, bytes, bool]]) -> dict[str, tuple[str, bool]]:
@@ -350,6 +396,16 @@ def test_first_deploy_starts_every_agent(fleet: Fleet) -> None:
     assert set(result.recap) == set(HOSTS)
     for host in HOSTS:
         assert result.changed(host) > 0
+        # From the .deb: the package's venv, /usr/bin/procmon, the CO-RE object's recorded sum.
+        package = fleet.ssh(host, "dpkg-query -W -f '${db:Status-Status} ${Version}' procmon")
+        assert package.stdout == f"installed {release_version(fleet.release)}-1", package
+        assert fleet.ssh(host, "readlink /usr/bin/procmon").stdout.strip() == (
+            "/opt/procmon/bin/procmon"
+        )
+        assert "path=/opt/procmon/bin/procmon " in fleet.unit_prop(host, "ExecStart")
+        bpf = "/opt/procmon/lib/python3*/site-packages/procmon/probe/bpf"
+        checked = fleet.ssh(host, f"cd {bpf} && sha256sum -c exit.bpf.o.sha256").stdout
+        assert checked.strip() == "exit.bpf.o: OK", checked
         assert fleet.unit_prop(host, "ActiveState") == "active", fleet.ssh(
             host, "journalctl -u procmon-agent --no-pager | tail -30", check=False
         ).stdout
@@ -535,7 +591,8 @@ def test_state_absent_removes_everything(fleet: Fleet) -> None:
         "fleet3",
         "ls -d /opt/procmon /etc/procmon /var/lib/procmon /var/cache/procmon "
         "/etc/systemd/system/procmon-agent.service 2>/dev/null; getent passwd procmon; "
-        "getent group procmon; systemctl list-units --all --no-legend 'procmon*'",
+        "getent group procmon; systemctl list-units --all --no-legend 'procmon*';"
+        " dpkg-query -W -f '${db:Status-Status}' procmon 2>/dev/null | grep -v not-installed",
         check=False,
     ).stdout.strip()
     assert left == ""
@@ -544,6 +601,65 @@ def test_state_absent_removes_everything(fleet: Fleet) -> None:
     # The other hosts are untouched.
     for host in ("fleet1", "fleet2"):
         assert fleet.unit_prop(host, "ActiveState") == "active"
+
+
+def _pip_index(fleet: Fleet) -> Path:
+    """A PEP 503 index of procmon and its dependencies, as a mirror would serve it: one directory
+    per normalized project name (http.server's listings are the project pages)."""
+    index = RUN_DIR / "pip-index"
+    shutil.rmtree(index, ignore_errors=True)
+    for wheel in [fleet.release.wheel, *_wheelhouse(fleet.release).glob("*.whl")]:
+        project = re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
+        (index / project).mkdir(parents=True, exist_ok=True)
+        shutil.copy(wheel, index / project / wheel.name)
+    return index
+
+
+@pytest.mark.timeout(900)
+def test_pip_method_installs_a_version_from_a_named_index_checked_by_sha256(fleet: Fleet) -> None:
+    """fleet3, cleared by the absent test, with install method pip: procmon's version from an
+    index on the bridge (the hosts' only reachable one). A wrong sha256 is refused before
+    anything is installed; the right one (from SHA256SUMS) deploys a running agent."""
+    index_port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", CONTROLLER, str(index_port),
+         "--directory", str(_pip_index(fleet))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    sub = fleet.subscribe("procmon/+/status")
+    try:
+        common = [
+            "--limit", "fleet3",
+            "-e", "procmon_agent_deb=''",
+            "-e", "procmon_agent_install_method=pip",
+            "-e", f"procmon_agent_version={release_version(fleet.release)}",
+            "-e", f"procmon_agent_pip_index_url=http://{CONTROLLER}:{index_port}/",
+            "-e", json.dumps({"procmon_agent_pip_env": {"PIP_TRUSTED_HOST": CONTROLLER}}),
+        ]  # fmt: skip
+        wrong = fleet.playbook(*common, "-e", f"procmon_agent_pip_sha256={'0' * 64}")
+        assert wrong.rc != 0
+        assert "Explain the failed pip install" in wrong.output, wrong.output[-4000:]
+        assert "do not match the hashes" in wrong.output.lower(), wrong.output[-4000:]
+        assert fleet.ssh("fleet3", "test -e /opt/procmon/bin/procmon", check=False).returncode != 0
+
+        good = ["-e", f"procmon_agent_pip_sha256={fleet.release.sha256(fleet.release.wheel.name)}"]
+        result = fleet.playbook(*common, *good)
+        fleet.timings["pip_method_run_s"] = round(result.seconds, 1)
+        assert result.rc == 0, result.output[-6000:]
+        assert fleet.unit_prop("fleet3", "ActiveState") == "active"
+        installed = fleet.ssh("fleet3", "/opt/procmon/bin/pip list --format freeze").stdout
+        assert f"procmon=={release_version(fleet.release)}" in installed.split("\n"), installed
+        package = fleet.ssh("fleet3", "dpkg-query -W procmon", check=False)
+        assert package.returncode != 0, package.stdout  # not the Debian package
+        msgs = sub.wait_for(lambda m: _statuses(m).get("fleet3", ("",))[0] == "online", 60)
+        assert _statuses(msgs)["fleet3"][0] == "online"
+        again = fleet.playbook(*common, *good)
+        assert again.rc == 0 and again.changed("fleet3") == 0, again.output[-6000:]
+    finally:
+        sub.close()
+        server.terminate()
+        server.wait(10)
 
 
 def _make_tls(directory: Path, server_ip: str) -> dict[str, str]:
@@ -579,10 +695,11 @@ def test_broker_role_gives_each_host_only_its_own_prefix(fleet: Fleet) -> None:
         "[procmon_agents:vars]", "[all:vars]"
     )
     (inv / "hosts.ini").write_text(
-        "[procmon_brokers]\nfleet1 ansible_host=127.0.0.11\n\n"
+        f"[procmon_brokers]\nfleet1 ansible_host={HOSTS['fleet1']}\n\n"
         "[broker_test_agents]\n"
-        "fleet2 ansible_host=127.0.0.12 procmon_agent_mqtt_password=secret-fleet2\n"
-        "fleet3 ansible_host=127.0.0.13 procmon_agent_mqtt_password=secret-fleet3\n\n" + ssh_vars
+        f"fleet2 ansible_host={HOSTS['fleet2']} procmon_agent_mqtt_password=secret-fleet2\n"
+        f"fleet3 ansible_host={HOSTS['fleet3']} procmon_agent_mqtt_password=secret-fleet3\n\n"
+        + ssh_vars
     )
     (inv / "group_vars" / "procmon_brokers.yml").write_text(
         json.dumps(
@@ -597,7 +714,15 @@ def test_broker_role_gives_each_host_only_its_own_prefix(fleet: Fleet) -> None:
             }
         )
     )
-    plain = Fleet(fleet.port, inv / "hosts.ini", fleet.key, fleet.known_hosts, fleet.timings)
+    plain = Fleet(
+        fleet.port,
+        inv / "hosts.ini",
+        fleet.key,
+        fleet.known_hosts,
+        fleet.release,
+        fleet.collections,
+        fleet.timings,
+    )
     result = plain.playbook("--limit", "fleet1")
     assert result.rc == 0, result.output[-6000:]
     again = plain.playbook("--limit", "fleet1")

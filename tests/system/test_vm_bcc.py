@@ -1,7 +1,9 @@
 """Both probe backends on a real bcc host: Debian bookworm's own 6.1 kernel in a qemu VM.
 
-The VM (tests/system/vm/) is deployed with the real Ansible role, probe = bcc; the agent runs under
-systemd and publishes to a mosquitto on this host. The VM reaches the broker through an SSH
+The VM (tests/system/vm/) is deployed with the real Ansible role, probe = bcc, from the released
+artifacts: the procmon.procmon collection installed with ansible-galaxy and the .deb (install
+method deb; bcc comes from Debian's python3-bpfcc through the package's .pth); the agent runs
+under systemd and publishes to a mosquitto on this host. The VM reaches the broker through an SSH
 reverse tunnel (its own 127.0.0.1:1883), so no other address is involved. The shared
 ground-truth cases (exit_cases.py) then run inside the VM, and their events must arrive over
 MQTT with the fields wait4 reported. The same cases run again after switching the agent to the
@@ -37,6 +39,7 @@ from helpers import exit_cases
 from helpers.common import REPO, require
 from helpers.mosquitto import Mosquitto, free_port, mosquitto_available
 from helpers.mqtt import Collector
+from helpers.release import build_release, install_collection, playbook_command, playbook_env
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
 
@@ -48,7 +51,6 @@ TOPIC = f"procmon/{HOST_ID}/exits"
 # wait4's rusage still counts, takes tens of milliseconds instead of a fraction of one.
 VM_CPU_TOLERANCE_NS = 150_000_000
 COMPARISON = VM_DIR / "backend-comparison.json"
-PACKAGE_BPF = REPO / "agent/procmon/probe/bpf"
 SHORT_LIVED_NS = 5_000_000
 
 
@@ -170,36 +172,12 @@ class Deployment:
         return int(self.vm.ssh("systemctl show -p MainPID --value procmon-agent").strip())
 
 
-def _wheel(tmp: Path) -> Path:
-    for name in ("exit.bpf.o", "exit.bcc.c", "exit_record.h"):
-        require((PACKAGE_BPF / name).is_file(), f"{PACKAGE_BPF / name} not built (make bpf)")
-    out = tmp / "dist"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
-        check=True,
-        timeout=300,
-    )
-    (wheel,) = out.glob("procmon-*.whl")
-    return wheel
-
-
-def _wheelhouse() -> Path:
-    """The runtime dependencies as wheels, so the VM installs without an index."""
-    house = VM_DIR / "wheelhouse"
-    if not any(house.glob("pydantic_core-*.whl")):
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "-d", str(house),
-             "pydantic>=2.11,<3", "pydantic-settings>=2.3,<3", "paho-mqtt>=2.0,<3"],
-            check=True,
-            timeout=300,
-        )  # fmt: skip
-    return house
-
-
 def _deploy(vm: Vm, tmp: Path) -> str:
     playbook = shutil.which("ansible-playbook", path=str(Path(sys.executable).parent))
     require(playbook is not None, "needs ansible-playbook (pip install -e '.[dev]')")
-    assert playbook
+    release = build_release(VM_DIR / "dist")
+    collections = tmp / "collections"
+    install_collection(release, collections)
     inventory = tmp / "inventory.json"
     inventory.write_text(
         json.dumps(
@@ -229,8 +207,7 @@ def _deploy(vm: Vm, tmp: Path) -> str:
         json.dumps(
             {
                 "procmon_agent_probe": "bcc",
-                "procmon_agent_wheel": str(_wheel(tmp)),
-                "procmon_agent_wheelhouse": str(_wheelhouse()),
+                "procmon_agent_deb": str(release.deb),
                 # The reverse tunnel's end in the VM: no address but loopback.
                 "procmon_agent_mqtt_broker": "mqtt://127.0.0.1:1883",
                 "procmon_agent_mqtt_allow_plain": True,
@@ -243,9 +220,9 @@ def _deploy(vm: Vm, tmp: Path) -> str:
     )
     started = time.monotonic()
     proc = subprocess.run(
-        [playbook, "-i", str(inventory), "-e", f"@{extra}", "deploy.yml"],
-        cwd=REPO / "ansible",
-        env={**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1"},
+        playbook_command(inventory, "-e", f"@{extra}"),
+        cwd=tmp,
+        env={**playbook_env(collections), "ANSIBLE_HOST_KEY_CHECKING": "False"},
         capture_output=True,
         text=True,
         timeout=1200,

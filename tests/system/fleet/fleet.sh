@@ -2,8 +2,9 @@
 # A test fleet of Debian 12 hosts as systemd-nspawn containers, for the Ansible roles.
 #
 #   tests/system/fleet/fleet.sh base    build the bookworm minbase rootfs once (cached)
-#   tests/system/fleet/fleet.sh up      base + boot N hosts (overlayfs each, systemd as PID 1, sshd on
-#                                       127.0.0.11.., own cgroup), write RUN/inventory/hosts.ini
+#   tests/system/fleet/fleet.sh up      base + bridge + apt proxy + boot N hosts (overlayfs each, systemd
+#                                       as PID 1, sshd on 10.77.77.11.., own cgroup), write
+#                                       RUN/inventory/hosts.ini
 #   tests/system/fleet/fleet.sh down    stop every host, kill leftovers, unmount, remove RUN
 #   tests/system/fleet/fleet.sh status  list hosts and whether their ssh answers
 #
@@ -13,8 +14,12 @@
 #                        (default <repo>/build/fleet)
 #   PMTEST_FLEET_HOSTS  number of hosts, 1..9     (default 3)
 #
-# The hosts share the host's network namespace: each one's sshd listens on its own loopback
-# address (127.0.0.11, .12, ...), and a broker on 127.0.0.1 is reachable from every host.
+# Each host has its own network namespace whose only link is on the bridge pmfleet0
+# (10.77.77.0/24): the controller is 10.77.77.1, the hosts 10.77.77.11, .12, ... There is no
+# route out (no default route; the controller does not forward): the hosts cannot reach PyPI or
+# anything else. apt reaches Debian's archive only through apt_proxy.py on 10.77.77.1:3142,
+# which serves deb.debian.org and refuses every other host and CONNECT. A broker for the agents
+# listens on 10.77.77.1.
 # eBPF works inside: bpf()/perf_event_open() are let through nspawn's seccomp filter, tracefs and
 # /sys/kernel/btf are bound in, and CAP_BPF/CAP_PERFMON are in the containers' bounding set.
 # `up` tears down what it started if it fails half-way (trap); `down` is safe to run any time.
@@ -29,6 +34,10 @@ BASE=$CACHE/bookworm-base
 BASE_VERSION=2
 INCLUDE=systemd-sysv,dbus,openssh-server,python3,python3-venv,python3-apt,sudo,iproute2,ca-certificates
 CGROUP_GROUP=procmon-fleet
+BRIDGE=pmfleet0
+NET=10.77.77
+CONTROLLER=$NET.1
+APT_PROXY_PORT=3142
 CG_V1=/sys/fs/cgroup/systemd/$CGROUP_GROUP
 CG_V2=/sys/fs/cgroup/unified/$CGROUP_GROUP
 [[ -d /sys/fs/cgroup/unified ]] || CG_V2=/sys/fs/cgroup/$CGROUP_GROUP  # pure cgroup v2 host
@@ -37,13 +46,13 @@ log() { printf 'fleet: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 host_name() { printf 'fleet%d' "$1"; }
-host_addr() { printf '127.0.0.%d' $((10 + $1)); }
+host_addr() { printf '%s.%d' "$NET" $((10 + $1)); }
 
 need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root"; }
 
 need_tools() {
     local missing=()
-    for tool in systemd-nspawn debootstrap ssh ssh-keygen systemd-id128 mountpoint; do
+    for tool in systemd-nspawn debootstrap ssh ssh-keygen systemd-id128 mountpoint ip python3; do
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
     ((${#missing[@]} == 0)) || die "missing ${missing[*]}: apt-get install systemd-container debootstrap openssh-client"
@@ -103,7 +112,7 @@ start_host() {
         if [[ -d "'"$CG_V1"'" ]]; then echo $$ > "'"$CG_V1"'/$name/cgroup.procs"; fi
         exec "$@"' _ "$name" \
         systemd-nspawn -D "$root" -M "$name" --hostname="$name" -b \
-        --register=no --keep-unit --console=passive --resolv-conf=copy-host \
+        --register=no --keep-unit --console=passive --resolv-conf=off --network-bridge="$BRIDGE" \
         --system-call-filter='bpf perf_event_open' \
         --capability=CAP_BPF,CAP_PERFMON \
         --bind=/sys/kernel/tracing --bind-ro=/sys/kernel/btf \
@@ -122,14 +131,19 @@ prepare_host() {
     mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$dir/upper,workdir=$dir/work" "$root"
     echo "$name" >"$root/etc/hostname"
     printf '127.0.0.1\tlocalhost\n%s\t%s\n' "$addr" "$name" >"$root/etc/hosts"
+    # Its only link: host0 on the bridge, a static address, no default route.
+    printf '[Match]\nName=host0\n\n[Network]\nAddress=%s/24\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n' \
+        "$addr" >"$root/etc/systemd/network/10-fleet.network"
+    systemctl --root="$root" enable systemd-networkd.service >/dev/null 2>&1
+    : >"$root/etc/resolv.conf"  # no name server is reachable; apt names hosts through its proxy
+    printf 'Acquire::http::Proxy "http://%s:%d";\n' "$CONTROLLER" "$APT_PROXY_PORT" \
+        >"$root/etc/apt/apt.conf.d/01fleet-proxy"
     systemd-id128 new >"$root/etc/machine-id"
     mkdir -p "$root/tmp/keys/etc/ssh"
     ssh-keygen -q -A -f "$root/tmp/keys"
     mv "$root"/tmp/keys/etc/ssh/ssh_host_* "$root/etc/ssh/"
     rm -rf "$root/tmp/keys"
-    printf 'ListenAddress %s\n' "$addr" >"$root/etc/ssh/sshd_config.d/20-listen.conf"
-    # Like container images: packages do not start their services on install (Debian's mosquitto
-    # would otherwise grab 127.0.0.1:1883 in the shared network namespace); roles start them.
+    # Like container images: packages do not start their services on install; roles start them.
     printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
     chmod 0755 "$root/usr/sbin/policy-rc.d"
     install -d -m 0700 "$root/root/.ssh"
@@ -188,6 +202,7 @@ fleet_up() {
     trap 'log "up failed: tearing down"; fleet_down' ERR
     trap 'log "interrupted: tearing down"; fleet_down; exit 130' INT TERM
     ssh-keygen -q -t ed25519 -N '' -C procmon-fleet -f "$RUN/id_ed25519" <<<y >/dev/null
+    network_up
     : >"$RUN/known_hosts"
     for ((i = 1; i <= NHOSTS; i++)); do prepare_host "$i"; done
     for ((i = 1; i <= NHOSTS; i++)); do start_host "$i"; done
@@ -195,6 +210,33 @@ fleet_up() {
     write_inventory
     trap - ERR INT TERM
     log "fleet up: inventory $RUN/inventory/hosts.ini"
+}
+
+# The bridge the hosts' veths join, and the apt proxy on it.
+network_up() {
+    ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
+    ip addr replace "$CONTROLLER/24" dev "$BRIDGE"
+    ip link set "$BRIDGE" up
+    setsid python3 "$REPO/tests/system/fleet/apt_proxy.py" "$CONTROLLER" "$APT_PROXY_PORT" deb.debian.org \
+        </dev/null >"$RUN/apt-proxy.log" 2>&1 &
+    echo $! >"$RUN/apt-proxy.pid"
+    local deadline=$((SECONDS + 10))
+    until grep -q '^apt_proxy on' "$RUN/apt-proxy.log"; do
+        kill -0 "$(cat "$RUN/apt-proxy.pid")" 2>/dev/null || { cat "$RUN/apt-proxy.log" >&2; die "apt proxy did not start"; }
+        ((SECONDS < deadline)) || die "apt proxy did not start within 10 s"
+        sleep 0.1
+    done
+}
+
+network_down() {
+    local pid
+    if [[ -f $RUN/apt-proxy.pid ]]; then
+        pid=$(cat "$RUN/apt-proxy.pid")
+        # Only our proxy: the pid must still run apt_proxy.py.
+        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q apt_proxy.py; then kill "$pid" 2>/dev/null || true; fi
+        rm -f "$RUN/apt-proxy.pid"
+    fi
+    if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE"; fi
 }
 
 # Every pid in a cgroup subtree (both hierarchies).
@@ -250,6 +292,7 @@ fleet_down() {
         done < <(awk -v p="$dir" '$2 == p || index($2, p "/") == 1 {print $2}' /proc/self/mounts | sort -r)
     done
     remove_cgroups
+    network_down
     rm -rf "$RUN/hosts" "$RUN/inventory" "$RUN/id_ed25519" "$RUN/id_ed25519.pub" "$RUN/known_hosts"
     log "fleet down"
 }
