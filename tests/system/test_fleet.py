@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 
 from helpers.common import REPO
+from helpers.journald_check import check_journal_priorities
 from helpers.release import (
     Release,
     build_release,
@@ -548,6 +549,13 @@ def test_config_change_restarts_only_the_affected_agent(fleet: Fleet) -> None:
     assert after["fleet2"] != before["fleet2"]
     assert fleet.unit_prop("fleet2", "ActiveState") == "active"
     assert "stats_interval_s = 7.0" in fleet.ssh("fleet2", "cat /etc/procmon/agent.toml").stdout
+
+
+@pytest.mark.timeout(300)
+def test_journal_holds_each_line_at_its_priority_and_the_stop_line(fleet: Fleet) -> None:
+    """Under systemd the agent's lines reach journald with `<N>` priorities (no timestamps of
+    their own), so `journalctl -p warning` picks warnings out; a restart logs the stop line."""
+    check_journal_priorities(lambda command: fleet.ssh("fleet1", command).stdout)
 
 
 @pytest.mark.timeout(300)
