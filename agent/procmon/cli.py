@@ -123,7 +123,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         lines += preflight.bcc_lines()
     lines.append(preflight.probe_line(backend))
     if args.broker:
-        from procmon.mqtt_check import broker_line
+        from procmon.mqtt.check import broker_line
 
         lines.append(broker_line(args.broker, args.username, args.password_file, args.ca_file))
     for line in lines:

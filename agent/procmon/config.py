@@ -20,9 +20,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from procmon.broker_url import BrokerConfigError, parse_broker_url
 from procmon.enrich.context import ContextSettings
 from procmon.enrich.redact import Redactor
+from procmon.mqtt.broker_url import BrokerConfigError, parse_broker_url
 
 DEFAULT_CONFIG_PATH = Path("/etc/procmon/agent.toml")
 

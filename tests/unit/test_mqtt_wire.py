@@ -1,4 +1,4 @@
-"""The MQTT sink's wire codec (procmon.sinks.mqtt_wire) and connection helpers (mqtt_conn).
+"""The MQTT sink's wire codec (procmon.mqtt.wire) and connection helpers (procmon.mqtt.conn).
 
 Encoded packets are checked byte for byte against what paho encodes for the same message, and
 decoded by paho's own decoders; the incremental decoder is fed the same stream whole, byte by
@@ -23,16 +23,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from helpers.mosquitto import free_port
 from helpers.wire import EXIT_PROPS, flat
-from procmon.broker_url import describe_connect_error, describe_refusal, parse_broker_url
-from procmon.sinks import mqtt_wire as wire
-from procmon.sinks.mqtt_conn import (
+from procmon.mqtt import wire
+from procmon.mqtt.broker_url import describe_connect_error, describe_refusal, parse_broker_url
+from procmon.mqtt.conn import (
     Backoff,
     Interrupted,
     connack_reason,
     open_link,
     reason,
 )
-from procmon.sinks.mqtt_wire import (
+from procmon.mqtt.wire import (
     PROTOCOL_5,
     PROTOCOL_311,
     ConnAck,

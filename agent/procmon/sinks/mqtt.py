@@ -20,15 +20,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
-from procmon.broker_url import (
+from procmon.config import MqttConfig
+from procmon.event import SCHEMA_ID, ExitEvent
+from procmon.mqtt.broker_url import (
     BrokerOptions,
     ConnectionReporter,
     describe_connect_error,
     describe_refusal,
 )
-from procmon.config import MqttConfig
-from procmon.event import SCHEMA_ID, ExitEvent
-from procmon.sinks.mqtt_conn import (
+from procmon.mqtt.conn import (
     Backoff,
     Interrupted,
     Link,
@@ -41,7 +41,7 @@ from procmon.sinks.mqtt_conn import (
     say_goodbye,
     tls_context,
 )
-from procmon.sinks.mqtt_wire import (
+from procmon.mqtt.wire import (
     CONTENT_TYPE,
     MESSAGE_EXPIRY_INTERVAL,
     PAYLOAD_FORMAT_INDICATOR,

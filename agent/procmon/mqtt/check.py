@@ -9,7 +9,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from procmon.broker_url import (
+from procmon.mqtt.broker_url import (
     BrokerConfigError,
     BrokerOptions,
     describe_connect_error,

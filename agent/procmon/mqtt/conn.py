@@ -18,8 +18,8 @@ import time
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from procmon.broker_url import BrokerConfigError, BrokerOptions, BrokerUrl
-from procmon.sinks.mqtt_wire import PROTOCOL_311, ConnAck, Decoder, Packet, ProtocolError
+from procmon.mqtt.broker_url import BrokerConfigError, BrokerOptions, BrokerUrl
+from procmon.mqtt.wire import PROTOCOL_311, ConnAck, Decoder, Packet, ProtocolError
 
 # TCP connect, TLS handshake and CONNACK together.
 CONNECT_TIMEOUT_S = 10.0
