@@ -71,7 +71,7 @@ def _hostname() -> str:
 def _agent_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     if args.broker:
-        overrides["mqtt"] = {"broker": args.broker}
+        overrides["mqtt"] = {"broker": args.broker, "brokers": ()}  # the flag names the one
     if args.host_id:
         overrides["host_id"] = args.host_id
     return overrides
@@ -125,7 +125,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.broker:
         from procmon.mqtt.check import broker_line
 
-        lines.append(broker_line(args.broker, args.username, args.password_file, args.ca_file))
+        lines.append(
+            broker_line(
+                args.broker,
+                args.username,
+                args.password_file,
+                args.ca_file,
+                args.cert_file,
+                args.key_file,
+            )
+        )
     for line in lines:
         print(line.render())
     return EXIT_OK if all(line.ok for line in lines) else EXIT_FAILURE

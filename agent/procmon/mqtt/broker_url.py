@@ -3,12 +3,15 @@ MQTT sink and `procmon subscribe`. Problems are reported as one line naming the 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
-import re
 import socket
 import ssl
 import stat
+import time
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +20,6 @@ if TYPE_CHECKING:  # paho is imported only where a paho client is used (config n
     import paho.mqtt.client as mqtt
     from paho.mqtt.reasoncodes import ReasonCode
 
-_URL = re.compile(r"^(?P<scheme>mqtts?)://(?P<host>[^/:\s]+)(?::(?P<port>\d{1,5}))?/?$")
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 
@@ -27,23 +29,55 @@ class BrokerConfigError(Exception):
 
 @dataclass(frozen=True)
 class BrokerUrl:
-    host: str
+    host: str  # an IPv6 address without its brackets
     port: int
     tls: bool
 
     def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
+
+_FORM = "mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (an IPv6 address in brackets)"
 
 
 def parse_broker_url(url: str) -> BrokerUrl:
-    """``mqtt://HOST[:PORT]`` (1883) or ``mqtts://HOST[:PORT]`` (8883, TLS)."""
-    m = _URL.match(url.strip())
-    if not m:
-        raise BrokerConfigError(f"broker {url!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-    port = int(m["port"] or DEFAULT_PORTS[m["scheme"]])
-    if not 0 < port < 65536:
-        raise BrokerConfigError(f"broker {url!r}: port {port} is out of range")
-    return BrokerUrl(host=m["host"], port=port, tls=m["scheme"] == "mqtts")
+    """``mqtt://HOST[:PORT]`` (1883) or ``mqtts://HOST[:PORT]`` (8883, TLS); HOST may be
+    ``[IPv6]``. Parsed by urllib, then held to what a broker address can be."""
+    text = url.strip()
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port  # raises ValueError when out of range or not a number
+    except ValueError as exc:
+        if text.count(":") > 2 and "[" not in text:
+            raise BrokerConfigError(
+                f"broker {url!r}: an IPv6 address goes in brackets (mqtt://[::1]:1883)"
+            ) from None
+        raise BrokerConfigError(f"broker {url!r}: {exc}") from None
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname or "//" not in text:
+        raise BrokerConfigError(f"broker {url!r} is not {_FORM}")
+    if parts.path not in ("", "/") or "?" in text or "#" in text:
+        raise BrokerConfigError(f"broker {url!r}: nothing may follow HOST[:PORT] (found a path)")
+    if parts.username is not None or parts.password is not None:
+        raise BrokerConfigError(
+            f"broker {url!r}: credentials do not belong in the URL: use mqtt.username and"
+            " mqtt.password_file"
+        )
+    netloc = parts.netloc
+    bracketed = netloc.startswith("[")
+    host = parts.hostname if bracketed else netloc.rsplit(":", 1)[0] if ":" in netloc else netloc
+    if bracketed:
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise BrokerConfigError(f"broker {url!r}: [{host}] is not an IPv6 address") from None
+    elif not host or any(c.isspace() or c in "[]@" for c in host):
+        raise BrokerConfigError(f"broker {url!r} is not {_FORM}")
+    if port == 0:
+        raise BrokerConfigError(f"broker {url!r}: port 0 is out of range")
+    return BrokerUrl(
+        host=host, port=port or DEFAULT_PORTS[parts.scheme], tls=parts.scheme == "mqtts"
+    )
 
 
 def _not_world_readable(path: Path, what: str) -> None:
@@ -152,7 +186,9 @@ def describe_connect_error(exc: BaseException | None) -> str:
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the broker host ({exc.strerror})"
     if isinstance(exc, TimeoutError | socket.timeout):
-        return "connection timed out"
+        return (
+            exc.strerror if exc.strerror and "CONNACK" in exc.strerror else "connection timed out"
+        )
     if isinstance(exc, OSError):
         return exc.strerror or str(exc) or type(exc).__name__
     return "connection failed"
@@ -174,11 +210,47 @@ def describe_refusal(reason: ReasonCode | int) -> str:
 QUICK_CLOSE_S = 2.0
 
 
+# Identical lines within this many seconds are counted, not repeated.
+REPEAT_WINDOW_S = 60.0
+_MAX_REMEMBERED_LINES = 64
+
+
+class RepeatedLines:
+    """Logs a line, then counts its repeats for ``window_s`` seconds: the first one after the
+    window says how many were held back, e.g. "... (repeated 12 times in 60 s)"."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        window_s: float = REPEAT_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = log
+        self._window_s = window_s
+        self._clock = clock
+        self._seen: dict[str, list[float]] = {}  # line -> [logged at, repeats since]
+
+    def log(self, level: int, text: str) -> None:
+        now = self._clock()
+        entry = self._seen.get(text)
+        if entry is not None and now - entry[0] < self._window_s:
+            entry[1] += 1
+            return
+        if len(self._seen) >= _MAX_REMEMBERED_LINES:
+            self._seen.clear()
+        self._seen[text] = [now, 0]
+        if entry is not None and entry[1]:
+            text += f" (repeated {entry[1]:.0f} times in {now - entry[0]:.0f} s)"
+        self._log.log(level, text)
+
+
 class ConnectionReporter:
-    """Logs a connection problem once, not on every retry, and the recovery once."""
+    """Logs a connection problem once, not on every retry, and the recovery once; a line that
+    comes back within a minute is counted, not repeated (RepeatedLines)."""
 
     def __init__(self, log: logging.Logger, url: BrokerUrl, what: str) -> None:
         self._log = log
+        self._lines = RepeatedLines(log)
         self._url = url
         self._what = what
         self._last_problem: str | None = None
@@ -198,20 +270,27 @@ class ConnectionReporter:
         self._failures += 1
         if problem != self._last_problem:
             self._last_problem = problem
-            self._log.error("MQTT broker %s: %s; %s", self._url, problem, self._what)
+            self._lines.log(logging.ERROR, f"MQTT broker {self._url}: {problem}; {self._what}")
+
+    def warning(self, text: str) -> None:
+        """Any other line about this broker, collapsed when it repeats."""
+        self._lines.log(logging.WARNING, f"MQTT broker {self._url}: {text}")
 
     def connected(self) -> None:
         if self._failures:
-            self._log.warning(
-                "MQTT broker %s: connected after %d failed attempts", self._url, self._failures
+            self._lines.log(
+                logging.WARNING,
+                f"MQTT broker {self._url}: connected after {self._failures} failed attempts",
             )
         else:
-            self._log.info("MQTT broker %s: connected", self._url)
+            self._lines.log(logging.INFO, f"MQTT broker {self._url}: connected")
         self._last_problem = None
         self._failures = 0
 
     def lost(self, reason: str, after_s: float | None = None) -> None:
-        self._log.warning("MQTT broker %s: connection lost (%s); reconnecting", self._url, reason)
+        self._lines.log(
+            logging.WARNING, f"MQTT broker {self._url}: connection lost ({reason}); reconnecting"
+        )
         if after_s is not None and after_s < QUICK_CLOSE_S and not self._hinted:
             self._hinted = True
             self._log.warning(

@@ -48,6 +48,21 @@ class ConnectionClosed(ConnectionError):
         super().__init__("closed by the broker")
 
 
+class NoConnAck(TimeoutError):
+    """CONNECT went out, and no CONNACK came back in time."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(errno.ETIMEDOUT, f"no CONNACK within {timeout_s:g} s")
+
+
+class ClosedBeforeConnAck(ConnectionError):
+    """The broker closed or reset the link after our CONNECT, before any CONNACK: what a broker
+    that does not speak our MQTT version (RabbitMQ and MQTT 5) does."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__(errno.ECONNRESET, f"the link was {how} before any CONNACK")
+
+
 def tls_context(options: BrokerOptions) -> ssl.SSLContext | None:
     """The client TLS context for an mqtts:// broker (None for mqtt://): certificate and host
     name checked, the CA file or the system's CAs, a client certificate for mTLS."""
@@ -258,13 +273,20 @@ def open_link(
                     _wait(sock, select.POLLOUT, deadline, stop_fd)
         link = Link(sock, protocol)
         link.out += connect_packet
-        while not link.flush():
-            _wait(sock, select.POLLOUT, deadline, stop_fd)
-        while True:
-            _wait(sock, select.POLLIN, deadline, stop_fd)
-            packets = link.read()
-            if packets:
-                break
+        try:
+            while not link.flush():
+                _wait(sock, select.POLLOUT, deadline, stop_fd)
+            while True:
+                _wait(sock, select.POLLIN, deadline, stop_fd)
+                packets = link.read()
+                if packets:
+                    break
+        except ConnectionClosed:
+            raise ClosedBeforeConnAck("closed by the broker") from None
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
+            raise ClosedBeforeConnAck("reset by the broker") from None
+        except TimeoutError:
+            raise NoConnAck(timeout) from None
         first, *rest = packets
         if not isinstance(first, ConnAck):
             raise ProtocolError(f"expected CONNACK, got {type(first).__name__}")
