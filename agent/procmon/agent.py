@@ -34,7 +34,7 @@ def _broker_options(cfg: AgentConfig) -> BrokerOptions | None:
     if not cfg.sinks.mqtt:
         return None
     return BrokerOptions.build(
-        m.broker, m.username, m.password_file, m.ca_file, m.cert_file, m.key_file
+        m.broker_urls[0], m.username, m.password_file, m.ca_file, m.cert_file, m.key_file
     )
 
 

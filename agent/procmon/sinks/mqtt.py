@@ -213,7 +213,6 @@ class MqttSink:
                 url, cfg.username, cfg.password_file, cfg.ca_file, cfg.cert_file, cfg.key_file
             )
             for url in cfg.broker_urls[1:]
-            if options is None or url != cfg.broker_urls[0]
         ]
         self._current = 0  # the broker in use, or tried first next time
         self._options = first
