@@ -237,7 +237,7 @@ class Collector:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 3600
         self.client.connect_async(
-            "127.0.0.1", broker.port, clean_start=session is None, properties=props
+            broker.host, broker.port, clean_start=session is None, properties=props
         )
         self.client.loop_start()
         assert self._subscribed.wait(SLOW), "collector did not subscribe"
