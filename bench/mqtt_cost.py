@@ -133,9 +133,16 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
-    rev = args.rev or subprocess.run(
-        ["git", "merge-base", "HEAD", "main"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    rev = (
+        args.rev
+        or subprocess.run(
+            ["git", "merge-base", "HEAD", "main"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     with tempfile.TemporaryDirectory() as tmp:
         before = Path(tmp) / "before"
         before.mkdir()
