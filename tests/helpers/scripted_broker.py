@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from procmon.mqtt.wire import MAXIMUM_PACKET_SIZE, encode_properties, encode_varint
@@ -46,11 +46,13 @@ def connect_level(body: bytes) -> int:
     return body[6]
 
 
-def connack(level: int, code: int = 0, max_packet_size: int = 0) -> bytes:
-    """A CONNACK for a client of this protocol level."""
+def connack(
+    level: int, code: int = 0, max_packet_size: int = 0, props: Sequence[tuple[int, int]] = ()
+) -> bytes:
+    """A CONNACK for a client of this protocol level, with MQTT 5 properties."""
     if level == 5:
-        props = [(MAXIMUM_PACKET_SIZE, max_packet_size)] if max_packet_size else []
-        body = bytes((0, code)) + encode_properties(props)
+        limits = [(MAXIMUM_PACKET_SIZE, max_packet_size)] if max_packet_size else []
+        body = bytes((0, code)) + encode_properties([*limits, *props])
     else:
         body = bytes((0, code))
     return b"\x20" + encode_varint(len(body)) + body

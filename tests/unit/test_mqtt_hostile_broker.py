@@ -23,7 +23,13 @@ from helpers.scripted_broker import (
 )
 from procmon.config import MqttConfig
 from procmon.mqtt import conn
-from procmon.mqtt.wire import REASON_STRING, encode_properties, encode_varint
+from procmon.mqtt.wire import (
+    MAXIMUM_QOS,
+    REASON_STRING,
+    RETAIN_AVAILABLE,
+    encode_properties,
+    encode_varint,
+)
 from procmon.sinks import mqtt as sink_module
 from procmon.sinks.mqtt import AgentIdentity, MqttSink
 from procmon.spool import Spool
@@ -152,22 +158,26 @@ def test_a_broker_that_acknowledges_nothing_is_named(
         assert line.startswith(f"MQTT broker {broker.url}: connected but nothing acknowledged for")
 
 
-def test_accept_then_disconnect_backs_off_and_collapses_its_lines(
+@pytest.mark.parametrize("then", [b"", b"\xf0\x00", b"\x20\x03\x00\x00\x00"])
+def test_accept_then_disconnect_or_garbage_backs_off_and_collapses_its_lines(
     make_sink: Callable[..., MqttSink],
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
+    then: bytes,
 ) -> None:
-    monkeypatch.setattr(sink_module, "FIRST_RETRY_S", 0.05)
+    monkeypatch.setattr(sink_module, "FIRST_RETRY_S", 0.02)
 
     def script(sock: socket.socket, _n: int) -> None:
         read_packet(sock)
-        sock.sendall(connack(5))  # accepted, then dropped at once, forever
+        # Accepted, then dropped at once (or sent AUTH, or a second CONNACK), forever.
+        sock.sendall(connack(5) + then)
+        time.sleep(0.01)
 
     with ScriptedBroker(script) as broker:
         make_sink(broker.url, reconnect_max_s=60)
-        time.sleep(1.6)
-        # Delays 0.05, 0.1, 0.2, 0.4, 0.8 s: about 5 connections, not one per 0.05 s (32).
-        assert 3 <= broker.connections <= 7
+        time.sleep(0.7)
+        # Delays 0.02, 0.04, 0.08, 0.16, 0.32 s: about 5 connections, not one per 0.02 s (35).
+        assert 2 <= broker.connections <= 8
     lost = lines(caplog, "connection lost")
     assert len(lost) == len(set(lost)) < broker.connections  # repeats counted, not logged
 
@@ -234,3 +244,31 @@ def test_maximum_packet_size_skips_and_counts_the_event_over_it(
         assert stats["dropped_oversize"] == 1
         wait_for(lambda: len(sizes) >= 4, what="the stats message")
         assert max(sizes) <= 1200 and broker.connections == 1
+
+
+def test_maximum_qos_0_and_no_retain_are_honoured(make_sink: Callable[..., MqttSink]) -> None:
+    firsts: list[int] = []
+
+    def script(sock: socket.socket, _n: int) -> None:
+        _, body = read_packet(sock)
+        will_flags = body[7] & 0x3C  # will flag, will QoS, will retain
+        if will_flags & 0x20:
+            sock.sendall(connack(5, 0x9A))  # Retain not supported
+            return
+        if will_flags & 0x18:
+            sock.sendall(connack(5, 0x9B))  # QoS not supported
+            return
+        sock.sendall(connack(5, props=[(MAXIMUM_QOS, 0), (RETAIN_AVAILABLE, 0)]))
+        while True:
+            first, _ = read_packet(sock)
+            firsts.append(first)
+            if first == 0xC0:
+                sock.sendall(b"\xd0\x00")
+
+    with ScriptedBroker(script) as broker:
+        sink = make_sink(broker.url)
+        sink.emit([sample_event(n) for n in range(3)])
+        wait_for(lambda: sink.counters()["spool_depth"] == 0, what="an empty spool")
+        wait_for(lambda: len(firsts) >= 4, what="status and 3 events")
+        assert set(firsts) == {0x30}  # QoS 0, never retained
+        assert sink.counters()["published"] == 3 and broker.connections == 3

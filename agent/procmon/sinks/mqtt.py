@@ -97,6 +97,7 @@ STATS_REQUIRED = ("host", "time", "dropped_oversize")
 # CONNECT with the 3.1.1 code 0x01), and "retain not supported" (the will's retain flag).
 _VERSION_REFUSALS = (0x01, 0x84)
 _RETAIN_NOT_SUPPORTED = 0x9A
+_QOS_NOT_SUPPORTED = 0x9B
 _FALLBACK_WARNING = (
     'broker %s speaks MQTT 3.1.1 only: using it; set mqtt.protocol = "3.1.1" to say so'
 )
@@ -237,7 +238,10 @@ class MqttSink:
                 first.username,
                 identity.host,
             )
-        self._will_retain = True  # until a broker says it has no retained messages
+        # The will as the broker takes it: an MQTT 5 broker refuses a CONNECT whose will asks
+        # for more than its Retain Available or Maximum QoS (then the next attempt asks less).
+        self._will_retain = True
+        self._will_qos = 1
         self._encoders = self._make_encoders(Limits())
 
         # Guarded by _lock (see docs/design.md).
@@ -374,7 +378,7 @@ class MqttSink:
             username=self._options.username,
             password=self._options.password,
             will=Will(
-                self.topics.status, payload, qos=1, retain=self._will_retain,
+                self.topics.status, payload, qos=self._will_qos, retain=self._will_retain,
                 properties=will_properties,
             ),
             # The largest packet we take: a broker then drops a larger retained message for us
@@ -426,7 +430,11 @@ class MqttSink:
             link.close()
             if connack.reason_code == _RETAIN_NOT_SUPPORTED and self._will_retain:
                 self._will_retain = False  # the next attempt sends a will it takes
-                reporter.failed("refused: Retain not supported; the will is sent unretained")
+                reporter.failed("refused: Retain not supported; the will goes unretained")
+                return self._connect(index)
+            if connack.reason_code == _QOS_NOT_SUPPORTED and self._will_qos:
+                self._will_qos = 0
+                reporter.failed("refused: QoS not supported; the will goes with QoS 0")
                 return self._connect(index)
             problem = describe_refusal(connack_reason(connack, protocol))
             if connack.reason_code in _VERSION_REFUSALS and protocol == PROTOCOL_311:
