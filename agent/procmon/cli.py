@@ -80,9 +80,8 @@ def _agent_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_agent(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, _agent_overrides(args))
     if args.check_config:
-        print(
-            f"config ok: host_id={cfg.host_id} broker={cfg.mqtt.broker} probe={cfg.probe.backend}"
-        )
+        brokers = ",".join(cfg.mqtt.broker_urls)  # mqtt.brokers, or the one mqtt.broker
+        print(f"config ok: host_id={cfg.host_id} broker={brokers} probe={cfg.probe.backend}")
         return EXIT_OK
     from procmon.agent import run_agent
 

@@ -4,6 +4,7 @@ Real brokers: tests/system/test_mqtt_limits.py and the conformance suite."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
 import time
@@ -23,6 +24,7 @@ from helpers.scripted_broker import (
 )
 from procmon.config import MqttConfig
 from procmon.mqtt import conn
+from procmon.mqtt.check import broker_line
 from procmon.mqtt.wire import (
     MAXIMUM_QOS,
     REASON_STRING,
@@ -272,3 +274,42 @@ def test_maximum_qos_0_and_no_retain_are_honoured(make_sink: Callable[..., MqttS
         wait_for(lambda: len(firsts) >= 4, what="status and 3 events")
         assert set(firsts) == {0x30}  # QoS 0, never retained
         assert sink.counters()["published"] == 3 and broker.connections == 3
+
+
+# --- procmon check --broker: the same client, the same fallback ------------------------------
+
+
+def test_check_broker_falls_back_to_311_and_says_so() -> None:
+    def script(sock: socket.socket, _n: int) -> None:
+        _, body = read_packet(sock)
+        sock.sendall(connack(4, 0x01 if connect_level(body) == 5 else 0))
+        with contextlib.suppress(ConnectionError):
+            read_packet(sock)  # DISCONNECT
+
+    with ScriptedBroker(script) as broker:
+        line = broker_line(broker.url)
+    assert line.ok and line.detail == 'connected (MQTT 3.1.1 only: set mqtt.protocol = "3.1.1")'
+
+
+def test_check_broker_failures_are_one_line() -> None:
+    def closes(sock: socket.socket, _n: int) -> None:
+        read_packet(sock)
+
+    def bad_password(sock: socket.socket, _n: int) -> None:
+        _, body = read_packet(sock)
+        sock.sendall(connack(connect_level(body), 0x86))
+
+    with ScriptedBroker(closes) as broker:
+        line = broker_line(broker.url)
+    assert (
+        not line.ok
+        and "MQTT 5: the link was closed by the broker before any CONNACK" in line.detail
+    )
+    assert 'mqtt.protocol = "5"' in line.detail
+    with ScriptedBroker(bad_password) as broker:
+        line = broker_line(broker.url, username="u")
+    assert (
+        line.detail
+        == "refused: Bad user name or password (check mqtt.username and the password file)"
+    )
+    assert "\n" not in line.detail

@@ -92,7 +92,16 @@ JOIN_TIMEOUT_S = 15.0
 HEALTHY_AFTER_S = 30.0
 # Keys the status and stats messages keep when trimmed to the broker's Maximum Packet Size.
 STATUS_REQUIRED = ("state", "host")
-STATS_REQUIRED = ("host", "time", "dropped_oversize")
+STATS_REQUIRED = (
+    "host",
+    "time",
+    "events_seen",
+    "published",
+    "dropped_kernel",
+    "dropped_queue",
+    "dropped_spool",
+    "dropped_oversize",
+)
 # MQTT 5 CONNACK reason codes that mean "not this protocol version" (aedes answers an MQTT 5
 # CONNECT with the 3.1.1 code 0x01), and "retain not supported" (the will's retain flag).
 _VERSION_REFUSALS = (0x01, 0x84)
@@ -409,6 +418,8 @@ class MqttSink:
         outcome = self._attempt(index, protocol)
         if protocol == PROTOCOL_5 and _version_mismatch(outcome):
             first_problem = _problem(outcome, protocol)
+            if isinstance(outcome, tuple):
+                outcome[0].close()  # refused: the broker closes it too
             outcome = self._attempt(index, PROTOCOL_311)  # once, with the older version
             if isinstance(outcome, tuple) and not refused(outcome[1]):
                 self._protocol = protocol = PROTOCOL_311
