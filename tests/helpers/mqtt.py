@@ -138,7 +138,9 @@ class AgentProcess:
 
     def start(self, wait_ready: bool = True) -> AgentProcess:
         cmd = [PY, "-m", "procmon.cli", "agent", "--config", str(self.config)]
-        cmd += ["--broker", self.broker_url, "--host-id", self.host_id]
+        if self.broker_url:  # "": the brokers come from the config or PROCMON_MQTT_BROKERS
+            cmd += ["--broker", self.broker_url]
+        cmd += ["--host-id", self.host_id]
         if self.own_pid_namespace:  # unshare forks the agent as pid 1 of a new namespace
             cmd = ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", *cmd]
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:

@@ -11,11 +11,21 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from helpers.mosquitto import Mosquitto, make_tls_files
-from helpers.mqtt import PY, SLOW, Collector, sample_event, wait_until
+from helpers.mqtt import (
+    PY,
+    SLOW,
+    Collector,
+    Storm,
+    sample_event,
+    unique_host,
+    wait_until,
+    wait_until_steady,
+)
 from procmon.config import MqttConfig
 from procmon.mqtt.check import broker_line
 from procmon.sinks.mqtt import AgentIdentity, MqttSink
@@ -153,5 +163,48 @@ def test_failover_to_the_second_broker_loses_nothing(
         for collector in collectors:
             with contextlib.suppress(Exception):
                 collector.close()
+        first.kill()
+        second.stop()
+
+
+def test_agent_fails_over_while_exits_flow_and_loses_none(
+    agent_ready: None,
+    agents: Any,
+    subscribers: Any,
+    forkstorm: Path,
+    tmp_path: Path,
+) -> None:
+    """The agent with PROCMON_MQTT_BROKERS naming two brokers, a consumer on each, 3,000 real
+    exits at 1k/s; the active broker is frozen, its consumer drained, then SIGKILLed."""
+    total = 3000
+    host = unique_host()
+    first = Mosquitto(tmp_path / "first")
+    second = Mosquitto(tmp_path / "second")
+    first.start()
+    second.start()
+    try:
+        subs = [
+            subscribers(name, b.url, topic_filter=f"procmon/{host}/exits")
+            for name, b in (("first", first), ("second", second))
+        ]
+        env = {"PROCMON_MQTT_BROKERS": f"{first.url},{second.url}"}
+        agent = agents("", host_id=host, own_pid_namespace=True, env=env).start()
+        storm = Storm(forkstorm, tmp_path / "bin")
+        storm.start(total, rate=1000, pid_namespace_of=agent.pid)
+
+        def delivered() -> set[str]:
+            return set(storm.children(subs[0].events())) | set(storm.children(subs[1].events()))
+
+        wait_until(lambda: len(storm.children(subs[0].events())) >= 500, SLOW, "the stream")
+        first.freeze()
+        wait_until_steady(lambda: len(storm.children(subs[0].events())), what="the drain")
+        first.kill()
+        storm.wait()
+        wait_until(lambda: len(delivered()) >= total, 300, f"all {total} exits")
+        on_second = len(storm.children(subs[1].events()))
+        print(f"failover: {total} exits, {on_second} through the second broker")
+        assert len(delivered()) == total and on_second > 0
+        assert "MQTT failover: publishing to " + second.url in agent.stderr()
+    finally:
         first.kill()
         second.stop()
