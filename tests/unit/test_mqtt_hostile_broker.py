@@ -5,7 +5,8 @@ Real brokers: tests/system/test_mqtt_limits.py and the conformance suite."""
 from __future__ import annotations
 
 import contextlib
-import functools
+import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -23,12 +24,15 @@ from helpers.scripted_broker import (
     serve_publishes,
 )
 from procmon.config import MqttConfig
-from procmon.mqtt import conn
+from procmon.mqtt import connector
+from procmon.mqtt.broker_url import BrokerOptions
 from procmon.mqtt.check import broker_line
 from procmon.mqtt.wire import (
     MAXIMUM_QOS,
+    PROTOCOL_5,
     REASON_STRING,
     RETAIN_AVAILABLE,
+    encode_connect,
     encode_properties,
     encode_varint,
 )
@@ -108,7 +112,7 @@ def test_no_connack_is_said_as_such(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sink_module, "open_link", functools.partial(conn.open_link, timeout=0.5))
+    monkeypatch.setattr(connector, "CONNECT_TIMEOUT_S", 0.5)
 
     def script(sock: socket.socket, _n: int) -> None:
         read_packet(sock)
@@ -313,3 +317,39 @@ def test_check_broker_failures_are_one_line() -> None:
         == "refused: Bad user name or password (check mqtt.username and the password file)"
     )
     assert "\n" not in line.detail
+
+
+def test_connector_moves_to_the_next_broker_when_one_is_unreachable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def accepts(sock: socket.socket, _n: int) -> None:
+        read_packet(sock)
+        sock.sendall(connack(5))
+        with contextlib.suppress(ConnectionError):
+            read_packet(sock)
+
+    def packet(protocol: int, _options: BrokerOptions, _will: connector.WillTerms) -> bytes:
+        return encode_connect(protocol=protocol, client_id="c", keepalive=5)
+
+    nobody = socket.socket()
+    nobody.bind(("127.0.0.1", 0))  # bound, never listening: connection refused
+    down = BrokerOptions.build(f"mqtt://127.0.0.1:{nobody.getsockname()[1]}")
+    stop = os.eventfd(0)
+    try:
+        with ScriptedBroker(accepts) as broker:
+            up = BrokerOptions.build(broker.url)
+            chooser = connector.Connector([down, up], PROTOCOL_5, stop, logging.getLogger("t"))
+            connected = chooser.connect(packet)
+            assert connected is not None and chooser.current == 1
+            connected[0].close()
+            # The one in use is tried first from now on: no second failover line.
+            again = chooser.connect(packet)
+            assert again is not None
+            again[0].close()
+    finally:
+        os.close(stop)
+        nobody.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert f"MQTT failover: publishing to {broker.url} ({down.url} unreachable)" in said
+    assert sum("failover" in x for x in said) == 1
+    assert any("connection refused" in x for x in said)

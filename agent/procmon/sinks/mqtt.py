@@ -26,25 +26,17 @@ from procmon.config import MqttConfig
 from procmon.event import SCHEMA_ID, ExitEvent
 from procmon.mqtt.broker_url import (
     BrokerOptions,
-    ConnectionReporter,
-    describe_connect_error,
-    describe_refusal,
 )
 from procmon.mqtt.conn import (
     Backoff,
-    ClosedBeforeConnAck,
     Interrupted,
     Link,
-    NoConnAck,
-    connack_reason,
     describe_io_error,
     disconnect_reason,
-    open_link,
     puback_reason,
-    refused,
     say_goodbye,
-    tls_context,
 )
+from procmon.mqtt.connector import Connector, WillTerms
 from procmon.mqtt.session import Limits, Session
 from procmon.mqtt.wire import (
     CONTENT_TYPE,
@@ -57,7 +49,6 @@ from procmon.mqtt.wire import (
     PROTOCOL_311,
     REASON_STRING,
     USER_PROPERTY,
-    ConnAck,
     Disconnect,
     PropertyValue,
     ProtocolError,
@@ -101,14 +92,6 @@ STATS_REQUIRED = (
     "dropped_queue",
     "dropped_spool",
     "dropped_oversize",
-)
-# MQTT 5 CONNACK reason codes that mean "not this protocol version" (aedes answers an MQTT 5
-# CONNECT with the 3.1.1 code 0x01), and "retain not supported" (the will's retain flag).
-_VERSION_REFUSALS = (0x01, 0x84)
-_RETAIN_NOT_SUPPORTED = 0x9A
-_QOS_NOT_SUPPORTED = 0x9B
-_FALLBACK_WARNING = (
-    'broker %s speaks MQTT 3.1.1 only: using it; set mqtt.protocol = "3.1.1" to say so'
 )
 # While emits come at least this often and the window has room, they read the PUBACKs; the
 # network thread only watches the socket once they stop, so a steady stream never wakes it.
@@ -218,27 +201,27 @@ class MqttSink:
             cfg.cert_file,
             cfg.key_file,
         )
-        self._brokers = [first] + [
+        brokers = [first] + [
             BrokerOptions.build(
                 url, cfg.username, cfg.password_file, cfg.ca_file, cfg.cert_file, cfg.key_file
             )
             for url in cfg.broker_urls[1:]
         ]
-        self._current = 0  # the broker in use, or tried first next time
-        self._options = first
-        # BrokerConfigError now, not at each connect.
-        self._tls = [tls_context(o) for o in self._brokers]
+        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        # TLS contexts built now: a BrokerConfigError shows at start, not at each connect.
+        self._connector = Connector(
+            brokers,
+            PROTOCOL_5 if cfg.protocol == "5" else PROTOCOL_311,
+            self._stop_fd,
+            log,
+            "retrying with backoff; events stay in the spool",
+        )
         self._spool = spool
-        self._protocol = PROTOCOL_5 if cfg.protocol == "5" else PROTOCOL_311
         self._client_id = cfg.client_id if cfg.client_id is not None else f"procmon-{identity.host}"
         self._keepalive_s = cfg.keepalive_s
         self._expiry_s = cfg.message_expiry_s
         self._retry_max_s = float(cfg.reconnect_max_s)
-        self._reporters = [
-            ConnectionReporter(log, o.url, "retrying with backoff; events stay in the spool")
-            for o in self._brokers
-        ]
-        self._reporters[0].warn_plain_credentials(first.username)
+        self._connector.reporter.warn_plain_credentials(first.username)
         if first.username and first.username != identity.host:
             log.warning(
                 "mqtt.username %r is not host_id %r: a broker ACL that lets each user publish "
@@ -247,10 +230,6 @@ class MqttSink:
                 first.username,
                 identity.host,
             )
-        # The will as the broker takes it: an MQTT 5 broker refuses a CONNECT whose will asks
-        # for more than its Retain Available or Maximum QoS (then the next attempt asks less).
-        self._will_retain = True
-        self._will_qos = 1
         self._encoders = self._make_encoders(Limits())
 
         # Guarded by _lock (see docs/design.md).
@@ -284,21 +263,21 @@ class MqttSink:
         self.dropped_oversize = 0
 
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._thread = threading.Thread(target=self._network_main, name="procmon-mqtt", daemon=True)
         self._thread.start()
 
     def _make_encoders(self, limits: Limits) -> _Encoders:
         """PUBLISH encoders for what this connection allows: QoS at most the broker's Maximum
         QoS, retain only where Retain Available, and no topic alias ever."""
-        v5 = self._protocol == PROTOCOL_5
+        protocol = self._connector.protocol
+        v5 = protocol == PROTOCOL_5
         qos = min(1, limits.maximum_qos)
 
         def encoder(topic: str, schema: str, retain: bool, expiry_s: int = 0) -> PublishEncoder:
             props = _v5_properties(schema, expiry_s) if v5 else []
             return PublishEncoder(
                 topic,
-                protocol=self._protocol,
+                protocol=protocol,
                 qos=qos,
                 retain=retain and limits.retain_available,
                 properties=props,
@@ -349,23 +328,19 @@ class MqttSink:
         poller.poll(seconds * 1000)
 
     def _connect_any(self) -> Link | None:
-        """The broker in use first, then each other one in turn (failover)."""
-        for step in range(len(self._brokers)):
-            index = (self._current + step) % len(self._brokers)
-            link = self._connect(index)
-            if link is not None:
-                if index != self._current and len(self._brokers) > 1:
-                    log.warning(
-                        "MQTT failover: publishing to %s (%s unreachable)",
-                        self._brokers[index].url,
-                        self._brokers[self._current].url,
-                    )
-                self._current = index
-                self._options = self._brokers[index]
-                return link
-        return None
+        """The broker in use, else each other one in turn (failover); then its limits."""
+        connected = self._connector.connect(self._connect_packet)
+        if connected is None:
+            return None
+        link, connack = connected
+        with self._lock:
+            limits = self._session.start(connack)
+            self._encoders = self._make_encoders(limits)
+            self._keepalive = float(limits.server_keepalive or self._keepalive_s)
+        self._describe_limits(self._connector.options.url, limits)
+        return link
 
-    def _connect_packet(self, protocol: int) -> bytes:
+    def _connect_packet(self, protocol: int, options: BrokerOptions, will: WillTerms) -> bytes:
         with self._lock:
             encoders = self._make_encoders(self._session.limits)
             status = self._status_message("offline", reason="connection lost")
@@ -384,82 +359,16 @@ class MqttSink:
             client_id=self._client_id,
             keepalive=self._keepalive_s,
             clean_start=True,
-            username=self._options.username,
-            password=self._options.password,
+            username=options.username,
+            password=options.password,
             will=Will(
-                self.topics.status, payload, qos=self._will_qos, retain=self._will_retain,
+                self.topics.status, payload, qos=will.qos, retain=will.retain,
                 properties=will_properties,
             ),
             # The largest packet we take: a broker then drops a larger retained message for us
             # instead of sending it.
             properties=[(MAXIMUM_PACKET_SIZE, MAX_INCOMING_PACKET)] if v5 else [],
         )  # fmt: skip
-
-    def _attempt(self, index: int, protocol: int) -> tuple[Link, ConnAck] | str:
-        """One CONNECT with this protocol version: the link and its CONNACK, or the problem."""
-        options = self._brokers[index]
-        self._options = options
-        try:
-            return open_link(
-                options.url, self._tls[index], self._connect_packet(protocol), protocol,
-                self._stop_fd,
-            )  # fmt: skip
-        except ProtocolError as exc:
-            return f"protocol error ({exc})"
-        except (ClosedBeforeConnAck, NoConnAck) as exc:
-            return exc.strerror or str(exc)
-        except OSError as exc:
-            return describe_connect_error(exc)
-
-    def _connect(self, index: int) -> Link | None:
-        reporter = self._reporters[index]
-        url = self._brokers[index].url
-        protocol = self._protocol
-        outcome = self._attempt(index, protocol)
-        if protocol == PROTOCOL_5 and _version_mismatch(outcome):
-            first_problem = _problem(outcome, protocol)
-            if isinstance(outcome, tuple):
-                outcome[0].close()  # refused: the broker closes it too
-            outcome = self._attempt(index, PROTOCOL_311)  # once, with the older version
-            if isinstance(outcome, tuple) and not refused(outcome[1]):
-                self._protocol = protocol = PROTOCOL_311
-                log.warning(_FALLBACK_WARNING, url)
-            else:
-                reporter.failed(
-                    f"MQTT 5: {first_problem}; MQTT 3.1.1: {_problem(outcome, PROTOCOL_311)}"
-                    f' (mqtt.protocol = "5" was tried first; a 3.1.1-only broker needs'
-                    f' mqtt.protocol = "3.1.1")'
-                )
-                if isinstance(outcome, tuple):
-                    outcome[0].close()
-                return None
-        if isinstance(outcome, str):
-            reporter.failed(outcome)
-            return None
-        link, connack = outcome
-        if refused(connack):
-            link.close()
-            if connack.reason_code == _RETAIN_NOT_SUPPORTED and self._will_retain:
-                self._will_retain = False  # the next attempt sends a will it takes
-                reporter.failed("refused: Retain not supported; the will goes unretained")
-                return self._connect(index)
-            if connack.reason_code == _QOS_NOT_SUPPORTED and self._will_qos:
-                self._will_qos = 0
-                reporter.failed("refused: QoS not supported; the will goes with QoS 0")
-                return self._connect(index)
-            problem = describe_refusal(connack_reason(connack, protocol))
-            if connack.reason_code in _VERSION_REFUSALS and protocol == PROTOCOL_311:
-                problem += ' (mqtt.protocol = "3.1.1")'
-            text = connack.properties.get(REASON_STRING)
-            reporter.failed(problem + (f' ("{text}")' if isinstance(text, str) else ""))
-            return None
-        reporter.connected()
-        with self._lock:
-            limits = self._session.start(connack)
-            self._encoders = self._make_encoders(limits)
-            self._keepalive = float(limits.server_keepalive or self._keepalive_s)
-        self._describe_limits(url, limits)
-        return link
 
     def _describe_limits(self, url: object, limits: Limits) -> None:
         if limits.assigned_client_id is not None:
@@ -488,7 +397,7 @@ class MqttSink:
             lasted = time.monotonic() - self._connected_at
             healthy = lasted >= HEALTHY_AFTER_S and self._session.last_ack_at is not None
             if was_connected and not self._closing:
-                self._reporters[self._current].lost(why, lasted)
+                self._connector.reporter.lost(why, lasted)
             self._ping_sent = None
             for done in self._session.lost():  # clean session: rows in flight are re-sent
                 if done is not None:
@@ -558,7 +467,7 @@ class MqttSink:
             epoll.close()
         with self._lock:
             self._link = None  # from here on, nobody else sends
-        say_goodbye(link, encode_disconnect(self._protocol), GOODBYE_TIMEOUT_S)
+        say_goodbye(link, encode_disconnect(self._connector.protocol), GOODBYE_TIMEOUT_S)
         return "closed"
 
     def _next_timeout(self, now: float, emits_read: bool) -> float:
@@ -607,7 +516,7 @@ class MqttSink:
             log.error(
                 "MQTT broker %s rejected an event on %s: %s; events stay in the spool and are "
                 "re-sent with backoff",
-                self._options.url,
+                self._connector.options.url,
                 self.topics.exits,
                 puback_reason(code),
             )
@@ -648,7 +557,7 @@ class MqttSink:
             silent_s = session.waiting_for_ack(now)
             if silent_s >= self._keepalive and not self._silence_reported:
                 self._silence_reported = True
-                self._reporters[self._current].warning(
+                self._connector.reporter.warning(
                     f"connected but nothing acknowledged for {silent_s:.0f} s "
                     f"({len(session.inflight) + len(session.control_ids)} messages waiting)"
                 )
@@ -721,7 +630,7 @@ class MqttSink:
             log.error(
                 "MQTT broker %s takes packets up to %d bytes: an event over it is skipped "
                 "(counted as dropped_oversize)",
-                self._options.url,
+                self._connector.options.url,
                 self._encoders.max_packet_size,
             )
         self.dropped_oversize += len(rows)
@@ -821,7 +730,7 @@ class MqttSink:
     @property
     def broker(self) -> str:
         """The broker in use (or tried next), as a URL."""
-        return str(self._options.url)
+        return str(self._connector.options.url)
 
     def publish_stats(self, agent_counters: Mapping[str, int | float]) -> dict[str, Any]:
         """Publish `<prefix>/<host>/stats` (skipped while disconnected); returns the stats."""
@@ -905,24 +814,6 @@ class MqttSink:
         with self._lock:
             self._delete_acked_locked()
             self._spool.close()
-
-
-def _version_mismatch(outcome: tuple[Link, ConnAck] | str) -> bool:
-    """What a broker that does not speak MQTT 5 does with an MQTT 5 CONNECT: refuse it with a
-    version code, close the link before any CONNACK, or never answer."""
-    if isinstance(outcome, str):
-        return "before any CONNACK" in outcome or outcome.startswith("no CONNACK")
-    return outcome[1].reason_code in _VERSION_REFUSALS
-
-
-def _problem(outcome: tuple[Link, ConnAck] | str, protocol: int) -> str:
-    if isinstance(outcome, str):
-        return outcome
-    connack = outcome[1]
-    if connack.reason_code == 0x01 and protocol == PROTOCOL_5:
-        # aedes answers with the 3.1.1 code: name it as 3.1.1 names it.
-        return "refused: Unsupported protocol version (a 3.1.1 CONNACK, code 0x01)"
-    return describe_refusal(connack_reason(connack, protocol))
 
 
 def _disconnect_text(packet: Disconnect) -> str:
