@@ -13,7 +13,7 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64 nftables iproute2 \
 	prometheus rabbitmq-server
 
-.PHONY: setup apt venv bpf tracefs demo test unit lint schema clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost bench-killer soak
+.PHONY: setup apt venv bpf tracefs demo test unit lint schema config-doc clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost bench-killer soak
 
 setup: apt venv bpf tracefs
 	$(PY) -m pip install -q -e '.[dev]'
@@ -127,6 +127,10 @@ fleet-test: setup
 
 schema:
 	$(VENV)/bin/procmon schema > schemas/exit-event.v1.json
+
+# docs/config.md from the config model's field descriptions (a unit test fails when stale).
+config-doc:
+	$(VENV)/bin/procmon schema --config-reference > docs/config.md
 
 clean:
 	rm -rf build $(BPF_OUT)/*.o

@@ -108,8 +108,10 @@ class AgentProcess:
         env: dict[str, str] | None = None,
         config: str = "",
         own_pid_namespace: bool = False,
+        global_args: tuple[str, ...] = (),
     ) -> None:
         self.workdir = workdir
+        self.global_args = global_args  # procmon's own flags, before `agent` (--log-level)
         # In its own pid namespace with probe.pidns_scope, the agent reports only what runs
         # there (see Storm.start): the shared machine's other exits stay out of the test.
         self.own_pid_namespace = own_pid_namespace
@@ -137,7 +139,7 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: bool = True) -> AgentProcess:
-        cmd = [PY, "-m", "procmon.cli", "agent", "--config", str(self.config)]
+        cmd = [PY, "-m", "procmon.cli", *self.global_args, "agent", "--config", str(self.config)]
         if self.broker_url:  # "": the brokers come from the config or PROCMON_MQTT_BROKERS
             cmd += ["--broker", self.broker_url]
         cmd += ["--host-id", self.host_id]
