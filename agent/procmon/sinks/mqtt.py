@@ -208,14 +208,17 @@ class MqttSink:
             for url in cfg.broker_urls[1:]
         ]
         self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        # TLS contexts built now: a BrokerConfigError shows at start, not at each connect.
-        self._connector = Connector(
-            brokers,
-            PROTOCOL_5 if cfg.protocol == "5" else PROTOCOL_311,
-            self._stop_fd,
-            log,
-            "retrying with backoff; events stay in the spool",
-        )
+        try:  # TLS contexts built now: a BrokerConfigError shows at start, not at each connect
+            self._connector = Connector(
+                brokers,
+                PROTOCOL_5 if cfg.protocol == "5" else PROTOCOL_311,
+                self._stop_fd,
+                log,
+                "retrying with backoff; events stay in the spool",
+            )
+        except BaseException:
+            os.close(self._stop_fd)
+            raise
         self._spool = spool
         self._client_id = cfg.client_id if cfg.client_id is not None else f"procmon-{identity.host}"
         self._keepalive_s = cfg.keepalive_s
