@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from procmon import __version__, sdnotify
 from procmon.assemble import attach_context, attach_probe, burst_policy, event_builder
-from procmon.broker_url import BrokerConfigError, BrokerOptions
 from procmon.config import AgentConfig, ConfigError, load_config
 from procmon.exit_status import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from procmon.logs import setup_logging
+from procmon.mqtt.broker_url import BrokerConfigError, BrokerOptions
 from procmon.pipeline import Pipeline
 from procmon.privilege import drop_after_seed
 from procmon.signals import Signals
@@ -40,7 +40,7 @@ def _broker_options(cfg: AgentConfig) -> BrokerOptions | None:
     if not cfg.sinks.mqtt:
         return None
     return BrokerOptions.build(
-        m.broker, m.username, m.password_file, m.ca_file, m.cert_file, m.key_file
+        m.broker_urls[0], m.username, m.password_file, m.ca_file, m.cert_file, m.key_file
     )
 
 

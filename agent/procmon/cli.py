@@ -104,7 +104,7 @@ def _hostname() -> str:
 def _agent_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     if args.broker:
-        overrides["mqtt"] = {"broker": args.broker}
+        overrides["mqtt"] = {"broker": args.broker, "brokers": ()}  # the flag names the one
     if args.host_id:
         overrides["host_id"] = args.host_id
     if args.log_level:  # the global flag wins over the config's log_level
@@ -120,9 +120,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         sys.stdout.write(effective_toml(cfg))
         return EXIT_OK
     if args.check_config:
-        print(
-            f"config ok: host_id={cfg.host_id} broker={cfg.mqtt.broker} probe={cfg.probe.backend}"
-        )
+        brokers = ",".join(cfg.mqtt.broker_urls)  # mqtt.brokers, or the one mqtt.broker
+        print(f"config ok: host_id={cfg.host_id} broker={brokers} probe={cfg.probe.backend}")
         return EXIT_OK
     from procmon.agent import run_agent
 
@@ -163,9 +162,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         lines += preflight.bcc_lines()
     lines.append(preflight.probe_line(backend))
     if args.broker:
-        from procmon.mqtt_check import broker_line
+        from procmon.mqtt.check import broker_line
 
-        lines.append(broker_line(args.broker, args.username, args.password_file, args.ca_file))
+        lines.append(
+            broker_line(
+                args.broker,
+                args.username,
+                args.password_file,
+                args.ca_file,
+                args.cert_file,
+                args.key_file,
+            )
+        )
     for line in lines:
         print(line.render())
     return EXIT_OK if all(line.ok for line in lines) else EXIT_FAILURE
@@ -271,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--broker",
         metavar="URL",
-        help="the MQTT broker, mqtt://HOST:PORT or mqtts://HOST:PORT (overrides mqtt.broker)",
+        help="the MQTT broker, mqtt://HOST:PORT or mqtts://HOST:PORT (overrides mqtt.broker"
+        " and mqtt.brokers)",
     )
     agent.add_argument(
         "--host-id", metavar="NAME", help="topic level for this host (default: hostname)"

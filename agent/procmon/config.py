@@ -12,7 +12,14 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,9 +27,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from procmon.broker_url import BrokerConfigError, parse_broker_url
 from procmon.enrich.context import ContextSettings
 from procmon.enrich.redact import Redactor
+from procmon.mqtt.broker_url import BrokerConfigError, parse_broker_url
 
 DEFAULT_CONFIG_PATH = Path("/etc/procmon/agent.toml")
 
@@ -154,13 +161,24 @@ class MqttConfig(_Section):
 
     broker: str = Field(
         default="mqtt://127.0.0.1:1883",
-        description="mqtt://HOST:PORT or mqtts://HOST:PORT (TLS).",
+        description="mqtt://HOST:PORT or mqtts://HOST:PORT (TLS); an IPv6 address in brackets "
+        "(mqtt://[::1]:1883).",
+    )
+    brokers: tuple[str, ...] = Field(
+        default=(),
+        description="Failover: several broker URLs (same credentials and TLS files), tried in "
+        "order; the agent moves to the next when one is unreachable. Environment: "
+        "PROCMON_MQTT_BROKERS=URL,URL. Unset: [broker].",
     )
     prefix: str = Field(
         default="procmon",
         description="First topic level: `<prefix>/<host_id>/exits`, `.../status`, `.../stats`.",
     )
-    protocol: Literal["5", "3.1.1"] = Field(default="5", description="The MQTT version spoken.")
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description="The MQTT version spoken. A broker that refuses MQTT 5 gets one MQTT 3.1.1 "
+        "attempt, kept if it works (with a warning naming this key).",
+    )
     client_id: str | None = Field(
         default=None, description="MQTT client id. Unset: `procmon-<host_id>`."
     )
@@ -208,6 +226,34 @@ class MqttConfig(_Section):
         except BrokerConfigError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+    @field_validator("brokers")
+    @classmethod
+    def _broker_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        seen: set[str] = set()
+        for url in value:
+            try:
+                canonical = str(parse_broker_url(url))
+            except BrokerConfigError as exc:
+                raise ValueError(str(exc)) from None
+            if canonical in seen:
+                raise ValueError(f"broker {url!r} is listed twice")
+            seen.add(canonical)
+        return value
+
+    @model_validator(mode="after")
+    def _one_broker_setting(self) -> MqttConfig:
+        both = {"broker", "brokers"} <= self.model_fields_set
+        if both and self.brokers and self.broker not in self.brokers:
+            raise ValueError(
+                f"mqtt.broker {self.broker!r} is not among mqtt.brokers: set only mqtt.brokers"
+            )
+        return self
+
+    @property
+    def broker_urls(self) -> tuple[str, ...]:
+        """The brokers to try, in order."""
+        return self.brokers or (self.broker,)
 
     @field_validator("prefix")
     @classmethod
@@ -386,13 +432,17 @@ def _first_error_line(err: ValidationError, origin: str) -> str:
     return f"{origin}: {key}: {first['msg']}{more}"
 
 
+# The failover list as one comma-separated variable (PROCMON_MQTT__BROKERS would take JSON).
+BROKERS_ENV = "PROCMON_MQTT_BROKERS"
+
+
 def _unknown_env_keys() -> list[str]:
     """PROCMON_* variables that name no setting: pydantic-settings would ignore them, and a
     misspelt PROCMON_STATS_INTERVAL (for ..._S) must not pass silently."""
     known = {name.upper() for name in AgentConfig.model_fields}
     unknown = []
     for name in os.environ:
-        if not name.startswith("PROCMON_"):
+        if not name.startswith("PROCMON_") or name == BROKERS_ENV:
             continue
         first = name[len("PROCMON_") :].split("__", 1)[0]
         if first not in known:
@@ -412,6 +462,14 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             f"environment: {unknown[0]}: no such setting (PROCMON_<KEY>, nested keys"
             " with __, e.g. PROCMON_MQTT__BROKER)"
         )
+    brokers_env = os.environ.get(BROKERS_ENV)
+    if brokers_env is not None:
+        brokers = tuple(url.strip() for url in brokers_env.split(",") if url.strip())
+        if not brokers:
+            raise ConfigError(f"environment: {BROKERS_ENV}: no broker URL in {brokers_env!r}")
+        # Below the flags (overrides), above the file, like every PROCMON_* variable.
+        overrides = dict(overrides or {})
+        overrides["mqtt"] = {"brokers": brokers, **overrides.get("mqtt", {})}
     explicit = path is not None
     toml_path = path if path is not None else DEFAULT_CONFIG_PATH
     if explicit and not toml_path.is_file():

@@ -55,6 +55,7 @@ class Broker:
     # Subscriptions and queued QoS 1 messages of a persistent session survive a restart.
     keeps_sessions = False
     tls: TlsFiles | None = None  # plain TCP only (what paho's Collector looks at)
+    host = "127.0.0.1"
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir

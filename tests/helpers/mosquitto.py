@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +92,12 @@ class Mosquitto:
         passwords: dict[str, str] | None = None,
         persistence: bool = False,
         port: int | None = None,
+        host: str = "127.0.0.1",
+        extra: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
+        self.host = host  # "::1" for an IPv6 listener
+        self.extra = list(extra)  # more mosquitto.conf lines, e.g. "max_packet_size 1024"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.tls = tls
@@ -114,7 +119,8 @@ class Mosquitto:
 
     @property
     def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
     def _config(self) -> str:
         lines = [
@@ -136,7 +142,8 @@ class Mosquitto:
             "log_type notice",
             "log_type information",
             "connection_messages true",
-            f"listener {self.port} 127.0.0.1",
+            f"listener {self.port} {self.host}",
+            *self.extra,
         ]
         if self.tls:
             lines += [
@@ -166,7 +173,7 @@ class Mosquitto:
                 raise RuntimeError(f"mosquitto exited at start:\n{self.log_text()}")
             with (
                 contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1),
+                socket.create_connection((self.host, self.port), timeout=1),
             ):
                 return
             time.sleep(0.05)

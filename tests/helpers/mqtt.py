@@ -141,7 +141,9 @@ class AgentProcess:
 
     def start(self, wait_ready: bool = True) -> AgentProcess:
         cmd = [PY, "-m", "procmon.cli", *self.global_args, "agent", "--config", str(self.config)]
-        cmd += ["--broker", self.broker_url, "--host-id", self.host_id]
+        if self.broker_url:  # "": the brokers come from the config or PROCMON_MQTT_BROKERS
+            cmd += ["--broker", self.broker_url]
+        cmd += ["--host-id", self.host_id]
         if self.own_pid_namespace:  # unshare forks the agent as pid 1 of a new namespace
             cmd = ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", *cmd]
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
@@ -247,10 +249,10 @@ class Collector:
             props.SessionExpiryInterval = 3600
         if v5:
             self.client.connect_async(
-                "127.0.0.1", broker.port, clean_start=session is None, properties=props
+                broker.host, broker.port, clean_start=session is None, properties=props
             )
         else:
-            self.client.connect_async("127.0.0.1", broker.port)
+            self.client.connect_async(broker.host, broker.port)
         self.client.loop_start()
         assert self._subscribed.wait(SLOW), "collector did not subscribe"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from procmon.sinks import mqtt_wire as wire
-from procmon.sinks.mqtt_wire import PubAck, PubAcks
+from procmon.mqtt import wire
+from procmon.mqtt.wire import PubAck, PubAcks
 
 EXIT_PROPS: list[tuple[int, Any]] = [
     (wire.PAYLOAD_FORMAT_INDICATOR, 1),

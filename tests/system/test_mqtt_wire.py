@@ -1,4 +1,4 @@
-"""The MQTT sink's wire codec (procmon.sinks.mqtt_wire) and connection helpers (mqtt_conn)
+"""The MQTT sink's wire codec (procmon.mqtt.wire) and connection helpers (procmon.mqtt.conn)
 against a real mosquitto (byte for byte against paho and the decoder alone:
 tests/unit/test_mqtt_wire.py)."""
 
@@ -14,10 +14,10 @@ import pytest
 from helpers.mosquitto import Mosquitto
 from helpers.mqtt import Collector, wait_until
 from helpers.wire import EXIT_PROPS, flat
-from procmon.broker_url import parse_broker_url
-from procmon.sinks import mqtt_wire as wire
-from procmon.sinks.mqtt_conn import open_link, refused
-from procmon.sinks.mqtt_wire import (
+from procmon.mqtt import wire
+from procmon.mqtt.broker_url import parse_broker_url
+from procmon.mqtt.conn import open_link, refused
+from procmon.mqtt.wire import (
     PROTOCOL_5,
     PROTOCOL_311,
     ConnAck,

@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 from helpers.common import REPO
 from helpers.garbage import GARBAGE
 from helpers.mqtt import PY, SLOW, sample_event
-from procmon.broker_url import BrokerConfigError, BrokerOptions
 from procmon.config import ConfigError, load_config
 from procmon.enrich.context import ProcessContext
 from procmon.event import EventBuilder, ExitEvent
+from procmon.mqtt.broker_url import BrokerConfigError, BrokerOptions
 from procmon.probe.record import (
     EXEC_ARGS_TRUNCATED,
     EXEC_HEADER,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from procmon import sdnotify
-from procmon.broker_url import (
+from procmon.mqtt.broker_url import (
     BrokerConfigError,
     BrokerOptions,
     ConnectionReporter,

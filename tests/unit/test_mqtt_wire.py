@@ -1,4 +1,4 @@
-"""The MQTT sink's wire codec (procmon.sinks.mqtt_wire) and connection helpers (mqtt_conn).
+"""The MQTT sink's wire codec (procmon.mqtt.wire) and connection helpers (procmon.mqtt.conn).
 
 Encoded packets are checked byte for byte against what paho encodes for the same message, and
 decoded by paho's own decoders; the incremental decoder is fed the same stream whole, byte by
@@ -23,16 +23,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from helpers.mosquitto import free_port
 from helpers.wire import EXIT_PROPS, flat
-from procmon.broker_url import describe_connect_error, describe_refusal, parse_broker_url
-from procmon.sinks import mqtt_wire as wire
-from procmon.sinks.mqtt_conn import (
+from procmon.mqtt import wire
+from procmon.mqtt.broker_url import describe_connect_error, describe_refusal, parse_broker_url
+from procmon.mqtt.conn import (
     Backoff,
     Interrupted,
     connack_reason,
     open_link,
     reason,
 )
-from procmon.sinks.mqtt_wire import (
+from procmon.mqtt.wire import (
     PROTOCOL_5,
     PROTOCOL_311,
     ConnAck,
@@ -429,7 +429,8 @@ def test_decoder_keeps_an_incomplete_tail() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        b"\x30\x05\x00\x01a\x00\x01",  # a PUBLISH: we never subscribe
+        b"\x36\x05\x00\x01a\x00\x01",  # a PUBLISH with QoS 3
+        b"\x32\x04\x00\x01a\x00",  # a QoS 1 PUBLISH without a whole packet id
         b"\x90\x03\x00\x01\x00",  # SUBACK
         b"\xf0\x00",  # AUTH
         b"\x40\xff\xff\xff\xff\x01",  # remaining length of five bytes
@@ -480,7 +481,7 @@ def test_open_link_failures_are_the_errors_the_reporter_words() -> None:
             url = parse_broker_url(f"mqtt://127.0.0.1:{silent.getsockname()[1]}")
             with pytest.raises(TimeoutError) as timeout:
                 open_link(url, None, packet, PROTOCOL_5, stop, timeout=0.5)
-            assert describe_connect_error(timeout.value) == "connection timed out"
+            assert describe_connect_error(timeout.value) == "no CONNACK within 0.5 s"
             threading.Timer(0.3, os.eventfd_write, (stop, 1)).start()
             with pytest.raises(Interrupted):  # close() does not wait for the timeout
                 open_link(url, None, packet, PROTOCOL_5, stop, timeout=60)

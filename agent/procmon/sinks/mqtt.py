@@ -1,8 +1,10 @@
 """MqttSink: every event goes to the spool first, then to the broker with QoS 1.
 
 Rows leave the spool only once the broker acknowledges them: an outage or a crash costs
-duplicates, never silent loss. ``_lock`` guards all publisher state and the link's socket;
-threading and locking rules are in docs/design.md.
+duplicates, never silent loss. This module is the glue: the network thread, the spool and the
+counters. The protocol state lives in procmon.mqtt.session (sans IO), the codec in
+procmon.mqtt.wire, the socket in procmon.mqtt.conn. ``_lock`` guards the session and the link's
+socket; threading and locking rules are in docs/design.md.
 """
 
 from __future__ import annotations
@@ -18,46 +20,38 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
-from procmon.broker_url import (
-    BrokerOptions,
-    ConnectionReporter,
-    describe_connect_error,
-    describe_refusal,
-)
 from procmon.config import MqttConfig
 from procmon.event import SCHEMA_ID, ExitEvent
-from procmon.sinks.mqtt_conn import (
+from procmon.mqtt.broker_url import (
+    BrokerOptions,
+)
+from procmon.mqtt.conn import (
     Backoff,
     Interrupted,
     Link,
-    connack_reason,
     describe_io_error,
     disconnect_reason,
-    open_link,
     puback_reason,
-    refused,
     say_goodbye,
-    tls_context,
 )
-from procmon.sinks.mqtt_wire import (
+from procmon.mqtt.connector import Connector, WillTerms
+from procmon.mqtt.session import Limits, Session
+from procmon.mqtt.wire import (
     CONTENT_TYPE,
+    MAX_INCOMING_PACKET,
+    MAXIMUM_PACKET_SIZE,
     MESSAGE_EXPIRY_INTERVAL,
     PAYLOAD_FORMAT_INDICATOR,
     PINGREQ_PACKET,
     PROTOCOL_5,
     PROTOCOL_311,
-    RECEIVE_MAXIMUM,
-    SERVER_KEEP_ALIVE,
+    REASON_STRING,
     USER_PROPERTY,
     Disconnect,
-    Packet,
-    PingResp,
     PropertyValue,
     ProtocolError,
-    PubAck,
-    PubAcks,
     PublishEncoder,
     Will,
     encode_connect,
@@ -84,6 +78,21 @@ GOODBYE_TIMEOUT_S = 1.0
 FIRST_RETRY_S = 1.0
 # Longest close() waits for the network thread (a connect or the goodbye in progress).
 JOIN_TIMEOUT_S = 15.0
+# A connection is healthy (the next reconnect waits FIRST_RETRY_S again) once it lasted this
+# long with the broker acknowledging: a broker that accepts and then drops us gets backoff.
+HEALTHY_AFTER_S = 30.0
+# Keys the status and stats messages keep when trimmed to the broker's Maximum Packet Size.
+STATUS_REQUIRED = ("state", "host")
+STATS_REQUIRED = (
+    "host",
+    "time",
+    "events_seen",
+    "published",
+    "dropped_kernel",
+    "dropped_queue",
+    "dropped_spool",
+    "dropped_oversize",
+)
 # While emits come at least this often and the window has room, they read the PUBACKs; the
 # network thread only watches the socket once they stop, so a steady stream never wakes it.
 EMIT_READS_S = 0.1
@@ -132,13 +141,47 @@ def _row_id(row: tuple[int, bytes]) -> int:
 class _Control(NamedTuple):
     """A status or stats message waiting for room in the window."""
 
-    encoder: PublishEncoder
-    payload: bytes
+    kind: str  # "status" or "stats"
+    message: dict[str, Any]
     done: threading.Event | None  # set once acknowledged or the connection is gone
 
 
+class _Encoders(NamedTuple):
+    """One connection's PUBLISH encoders: the protocol, QoS and retain it allows."""
+
+    exits: PublishEncoder
+    status: PublishEncoder
+    stats: PublishEncoder
+    qos: int
+    max_payload: int  # of an exit event: over it, skipped and counted (dropped_oversize)
+    max_packet_size: int  # 0: no limit
+
+
+def _fit(
+    encoder: PublishEncoder, message: dict[str, Any], limit: int, keep: Sequence[str]
+) -> bytes | None:
+    """``message`` as JSON, trimmed of its optional keys (the last first) until its PUBLISH
+    fits ``limit`` bytes (0: no limit); None if even the required keys do not fit."""
+    payload = json.dumps(message).encode()
+    if not limit or encoder.packet_size(len(payload)) <= limit:
+        return payload
+    trimmed = dict(message)
+    for key in reversed(list(message)):
+        if key in keep:
+            continue
+        del trimmed[key]
+        payload = json.dumps(trimmed).encode()
+        if encoder.packet_size(len(payload)) <= limit:
+            return payload
+    return None
+
+
 class MqttSink:
-    """The Sink that publishes through the spool. Takes ownership of ``spool`` (closes it)."""
+    """The Sink that publishes through the spool. Takes ownership of ``spool`` (closes it).
+
+    ``options`` is the first broker; ``cfg.broker_urls`` may name more, tried in turn when one
+    is unreachable (failover), with the same credentials and TLS files.
+    """
 
     def __init__(
         self,
@@ -150,68 +193,63 @@ class MqttSink:
     ) -> None:
         self.identity = identity
         self.topics = Topics.for_host(prefix or cfg.prefix, identity.host)
-        self._options = options or BrokerOptions.build(
-            cfg.broker, cfg.username, cfg.password_file, cfg.ca_file, cfg.cert_file, cfg.key_file
+        first = options or BrokerOptions.build(
+            cfg.broker_urls[0],
+            cfg.username,
+            cfg.password_file,
+            cfg.ca_file,
+            cfg.cert_file,
+            cfg.key_file,
         )
-        self._tls = tls_context(self._options)  # BrokerConfigError now, not at each connect
+        brokers = [first] + [
+            BrokerOptions.build(
+                url, cfg.username, cfg.password_file, cfg.ca_file, cfg.cert_file, cfg.key_file
+            )
+            for url in cfg.broker_urls[1:]
+        ]
+        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:  # TLS contexts built now: a BrokerConfigError shows at start, not at each connect
+            self._connector = Connector(
+                brokers,
+                PROTOCOL_5 if cfg.protocol == "5" else PROTOCOL_311,
+                self._stop_fd,
+                log,
+                "retrying with backoff; events stay in the spool",
+            )
+        except BaseException:
+            os.close(self._stop_fd)
+            raise
         self._spool = spool
-        self._protocol = PROTOCOL_5 if cfg.protocol == "5" else PROTOCOL_311
-        v5 = self._protocol == PROTOCOL_5
-        self._client_id = cfg.client_id or f"procmon-{identity.host}"
+        self._client_id = cfg.client_id if cfg.client_id is not None else f"procmon-{identity.host}"
         self._keepalive_s = cfg.keepalive_s
-        self._max_window = min(cfg.max_inflight, MAX_WINDOW)
+        self._expiry_s = cfg.message_expiry_s
         self._retry_max_s = float(cfg.reconnect_max_s)
-        self._reporter = ConnectionReporter(
-            log, self._options.url, "retrying with backoff; events stay in the spool"
-        )
-        self._reporter.warn_plain_credentials(self._options.username)
-        if self._options.username and self._options.username != identity.host:
+        self._connector.reporter.warn_plain_credentials(first.username)
+        if first.username and first.username != identity.host:
             log.warning(
                 "mqtt.username %r is not host_id %r: a broker ACL that lets each user publish "
                 "only under its own host's topics (the procmon_broker role's) refuses every "
                 "event, and MQTT 3.1.1 cannot say so",
-                self._options.username,
+                first.username,
                 identity.host,
             )
-
-        def encoder(topic: str, schema: str, retain: bool, expiry_s: int = 0) -> PublishEncoder:
-            props = _v5_properties(schema, expiry_s) if v5 else []
-            return PublishEncoder(topic, protocol=self._protocol, retain=retain, properties=props)
-
-        self._exit_encoder = encoder(self.topics.exits, SCHEMA_ID, False, cfg.message_expiry_s)
-        self._status_encoder = encoder(self.topics.status, STATUS_SCHEMA, True)
-        self._stats_encoder = encoder(self.topics.stats, STATS_SCHEMA, False)
-        self._will_properties: list[tuple[int, PropertyValue]] = (
-            [(CONTENT_TYPE, "application/json"), (USER_PROPERTY, ("schema", STATUS_SCHEMA))]
-            if v5
-            else []
-        )
+        self._encoders = self._make_encoders(Limits())
 
         # Guarded by _lock (see docs/design.md).
         self._lock = threading.Lock()
+        self._session: Session[threading.Event] = Session(cfg.max_inflight)
         self._link: Link | None = None  # set while connected: whoever holds _lock may send
-        self._window = self._max_window
         self._keepalive = float(cfg.keepalive_s)  # the broker's Server Keep Alive overrides it
-        self._cursor = 0  # the last row read for publishing; moves back to re-send
-        self._handed = 0  # the highest row ever handed to the broker
-        self._inflight: dict[int, int] = {}  # packet id -> spool row id
-        # After a rejection moved the cursor back: rows still in flight, not to be sent twice.
-        self._skip_rows: set[int] = set()
-        self._control_ids: dict[int, threading.Event | None] = {}  # status and stats messages
         self._controls: collections.deque[_Control] = collections.deque()
-        self._last_packet_id = 0
         # Rows emit just stored, still in memory: published without reading them back from
         # the spool while they directly follow the cursor.
         self._fresh: list[tuple[int, bytes]] = []
         self._fresh_generation = spool.generation
-        self._acked: list[int] = []  # acknowledged rows not yet deleted from the spool
         self._acked_since = 0.0
-        self._rewind_to: int | None = None  # after rejections: re-send from here
-        self._resume_at = 0.0
-        self._reject_delay = 1.0
         self._reported_rejections: set[int] = set()
         self._last_in = self._last_out = self._last_emit = 0.0
         self._ping_sent: float | None = None
+        self._silence_reported = False  # "nothing acknowledged", once per connection
         self._status_due = False
         self._last_counters: dict[str, Any] = {}
         self._last_status_drops: tuple[Any, ...] = ()
@@ -225,11 +263,39 @@ class MqttSink:
         self.published = 0
         self.rejected = 0
         self.connects = 0
+        self.dropped_oversize = 0
 
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._thread = threading.Thread(target=self._network_main, name="procmon-mqtt", daemon=True)
         self._thread.start()
+
+    def _make_encoders(self, limits: Limits) -> _Encoders:
+        """PUBLISH encoders for what this connection allows: QoS at most the broker's Maximum
+        QoS, retain only where Retain Available, and no topic alias ever."""
+        protocol = self._connector.protocol
+        v5 = protocol == PROTOCOL_5
+        qos = min(1, limits.maximum_qos)
+
+        def encoder(topic: str, schema: str, retain: bool, expiry_s: int = 0) -> PublishEncoder:
+            props = _v5_properties(schema, expiry_s) if v5 else []
+            return PublishEncoder(
+                topic,
+                protocol=protocol,
+                qos=qos,
+                retain=retain and limits.retain_available,
+                properties=props,
+            )
+
+        exits = encoder(self.topics.exits, SCHEMA_ID, False, self._expiry_s)
+        limit = limits.maximum_packet_size
+        return _Encoders(
+            exits=exits,
+            status=encoder(self.topics.status, STATUS_SCHEMA, True),
+            stats=encoder(self.topics.stats, STATS_SCHEMA, False),
+            qos=qos,
+            max_payload=exits.max_payload(limit) if limit else 1 << 62,
+            max_packet_size=limit,
+        )
 
     # --- the network thread: connections ---------------------------------------------------
 
@@ -238,13 +304,12 @@ class MqttSink:
         while not self._stop:
             link: Link | None = None
             try:
-                link = self._connect()
+                link = self._connect_any()
             except Interrupted:
                 return
             except Exception:  # a bug, not the network: keep trying all the same
                 log.exception("MQTT connect step failed")
             if link is not None:
-                backoff.reset()
                 why = "internal error"
                 try:
                     why = self._serve(link)
@@ -253,7 +318,8 @@ class MqttSink:
                 except Exception:
                     log.exception("MQTT network step failed")
                 finally:
-                    self._connection_ended(why)
+                    if self._connection_ended(why):
+                        backoff.reset()  # only a connection that proved healthy resets it
                     link.close()
             if not self._stop:
                 self._pause(backoff.next())
@@ -264,70 +330,89 @@ class MqttSink:
         poller.register(self._stop_fd, select.POLLIN)
         poller.poll(seconds * 1000)
 
-    def _connect(self) -> Link | None:
+    def _connect_any(self) -> Link | None:
+        """The broker in use, else each other one in turn (failover); then its limits."""
+        connected = self._connector.connect(self._connect_packet)
+        if connected is None:
+            return None
+        link, connack = connected
         with self._lock:
-            will_payload = self._status_json("offline", reason="connection lost")
-        packet = encode_connect(
-            protocol=self._protocol,
+            limits = self._session.start(connack)
+            self._encoders = self._make_encoders(limits)
+            self._keepalive = float(limits.server_keepalive or self._keepalive_s)
+        self._describe_limits(self._connector.options.url, limits)
+        return link
+
+    def _connect_packet(self, protocol: int, options: BrokerOptions, will: WillTerms) -> bytes:
+        with self._lock:
+            encoders = self._make_encoders(self._session.limits)
+            status = self._status_message("offline", reason="connection lost")
+            payload = (
+                _fit(encoders.status, status, encoders.max_packet_size, STATUS_REQUIRED)
+                or json.dumps({k: status[k] for k in STATUS_REQUIRED}).encode()
+            )
+        v5 = protocol == PROTOCOL_5
+        will_properties: list[tuple[int, PropertyValue]] = (
+            [(CONTENT_TYPE, "application/json"), (USER_PROPERTY, ("schema", STATUS_SCHEMA))]
+            if v5
+            else []
+        )
+        return encode_connect(
+            protocol=protocol,
             client_id=self._client_id,
             keepalive=self._keepalive_s,
             clean_start=True,
-            username=self._options.username,
-            password=self._options.password,
+            username=options.username,
+            password=options.password,
             will=Will(
-                self.topics.status, will_payload, qos=1, retain=True,
-                properties=self._will_properties,
+                self.topics.status, payload, qos=will.qos, retain=will.retain,
+                properties=will_properties,
             ),
+            # The largest packet we take: a broker then drops a larger retained message for us
+            # instead of sending it.
+            properties=[(MAXIMUM_PACKET_SIZE, MAX_INCOMING_PACKET)] if v5 else [],
         )  # fmt: skip
-        try:
-            link, connack = open_link(
-                self._options.url, self._tls, packet, self._protocol, self._stop_fd
-            )
-        except ProtocolError as exc:
-            self._reporter.failed(f"protocol error ({exc})")
-            return None
-        except OSError as exc:
-            self._reporter.failed(describe_connect_error(exc))
-            return None
-        if refused(connack):
-            link.close()
-            self._reporter.failed(describe_refusal(connack_reason(connack, self._protocol)))
-            return None
-        self._reporter.connected()
-        # MQTT 5 brokers may accept fewer unacknowledged publishes, or impose a keepalive.
-        receive_max = connack.properties.get(RECEIVE_MAXIMUM)
-        server_keepalive = connack.properties.get(SERVER_KEEP_ALIVE)
-        with self._lock:
-            self._window = self._max_window
-            if isinstance(receive_max, int) and receive_max > 0:
-                self._window = min(self._max_window, receive_max)
-            self._keepalive = float(self._keepalive_s)
-            if isinstance(server_keepalive, int) and server_keepalive > 0:
-                self._keepalive = float(server_keepalive)
-        return link
 
-    def _connection_ended(self, why: str) -> None:
+    def _describe_limits(self, url: object, limits: Limits) -> None:
+        if limits.assigned_client_id is not None:
+            log.info("MQTT broker %s assigned client id %r", url, limits.assigned_client_id)
+        if limits.maximum_qos < 1:
+            log.warning(
+                "MQTT broker %s takes QoS 0 only: events are sent without acknowledgement and "
+                "may be lost",
+                url,
+            )
+        if not limits.retain_available:
+            log.warning("MQTT broker %s keeps no retained messages: status is not retained", url)
+        if limits.maximum_packet_size:
+            log.info(
+                "MQTT broker %s takes packets up to %d bytes: larger events are skipped "
+                "(dropped_oversize)",
+                url,
+                limits.maximum_packet_size,
+            )
+
+    def _connection_ended(self, why: str) -> bool:
+        """Forget the connection; True if it had proved healthy (resets the backoff)."""
         with self._lock:
             self._link = None
             was_connected, self._connected = self._connected, False
+            lasted = time.monotonic() - self._connected_at
+            healthy = lasted >= HEALTHY_AFTER_S and self._session.last_ack_at is not None
             if was_connected and not self._closing:
-                self._reporter.lost(why, time.monotonic() - self._connected_at)
+                self._connector.reporter.lost(why, lasted)
             self._ping_sent = None
-            for done in self._control_ids.values():
+            for done in self._session.lost():  # clean session: rows in flight are re-sent
                 if done is not None:
                     done.set()
-            self._control_ids.clear()
             for control in self._controls:
                 if control.done is not None:
                     control.done.set()
             self._controls.clear()
             if not self._stop:  # close() may be closing the spool
                 self._delete_acked_locked()
-            if self._inflight:  # clean session: re-send them, in spool order
-                self._cursor = min(self._cursor, min(self._inflight.values()) - 1)
-            self._inflight.clear()
-            self._skip_rows.clear()
             self._fresh.clear()
+        return healthy
 
     # --- the network thread: one connection ------------------------------------------------
 
@@ -337,13 +422,15 @@ class MqttSink:
         with self._lock:
             self._last_in = self._last_out = now
             self._ping_sent = None
+            self._silence_reported = False
             self.connects += 1
             self._connected = True
             self._connected_at = now
             self._status_due = True  # the retained online status goes first
-            why = self._handle_locked(link.backlog) if link.backlog else None
-            if why:
-                return why
+            if link.backlog:
+                why = self._handle_locked(link, link.backlog, now)
+                if why:
+                    return why
             self._link = link
             self._pump_locked(link, now)
         sock_fd = link.fileno()
@@ -358,7 +445,7 @@ class MqttSink:
                     if link.broken is not None:
                         return link.broken
                     # Rows waiting for room in the window: each PUBACK should refill it.
-                    waiting = self._cursor < self._spool.last_id
+                    waiting = self._session.cursor < self._spool.last_id
                     emits_read = (
                         now - self._last_emit < EMIT_READS_S and not waiting and not self._closing
                     )
@@ -383,67 +470,48 @@ class MqttSink:
             epoll.close()
         with self._lock:
             self._link = None  # from here on, nobody else sends
-        say_goodbye(link, encode_disconnect(self._protocol), GOODBYE_TIMEOUT_S)
+        say_goodbye(link, encode_disconnect(self._connector.protocol), GOODBYE_TIMEOUT_S)
         return "closed"
 
     def _next_timeout(self, now: float, emits_read: bool) -> float:
         keepalive = self._keepalive
+        session = self._session
         if self._ping_sent is None:
             due = min(self._last_in, self._last_out) + keepalive
         else:
             due = self._last_in + DEAD_AFTER_KEEPALIVES * keepalive
-        if self._acked:
+        if session.acked:
             due = min(due, self._acked_since + ACK_MAX_DELAY_S)
-        if self._rewind_to is not None and self._resume_at > now:  # past: waits for room
-            due = min(due, self._resume_at)
+        if session.rewind_to is not None and session.resume_at > now:  # past: waits for room
+            due = min(due, session.resume_at)
+        if session.unacked_since is not None and not self._silence_reported:
+            due = min(due, session.unacked_since + keepalive)
         if emits_read:  # then watch the socket ourselves
             due = min(due, self._last_emit + EMIT_READS_S)
         return max(0.0, due - now)
 
-    def _handle_locked(self, packets: list[Packet]) -> str | None:
+    def _handle_locked(self, link: Link, packets: list[Any], now: float) -> str | None:
         """Account for what the broker sent; returns why the link ends, if it does."""
-        acked = self._acked
-        inflight = self._inflight
-        before = len(acked)
-        for packet in packets:
-            if type(packet) is PubAcks:
-                pop = inflight.pop
-                found = [pop(packet_id, None) for packet_id in packet.packet_ids]
-                if None in found:  # status and stats messages among them
-                    for packet_id, row in zip(packet.packet_ids, found, strict=True):
-                        if row is None:
-                            self._control_acked(packet_id)
-                    found = [row for row in found if row is not None]
-                acked += cast(list[int], found)
-            elif type(packet) is PubAck:
-                row = inflight.pop(packet.packet_id, None)
-                if row is None:
-                    self._control_acked(packet.packet_id)
-                elif packet.reason_code >= 0x80:
-                    self._rejected(row, packet.reason_code)
-                else:
-                    acked.append(row)
-            elif type(packet) is PingResp:
-                self._ping_sent = None
-            elif type(packet) is Disconnect:
-                why = disconnect_reason(packet.reason_code)
-                return f"the broker disconnected: {why}"
-            else:
-                return f"protocol error: unexpected {type(packet).__name__}"
-        if len(acked) > before:
+        session = self._session
+        before = len(session.acked)
+        handled = session.handle(packets, now)
+        if handled.replies:
+            link.out += handled.replies
+        for done in handled.done:
+            done.set()
+        for row, code in handled.rejected:
+            self._rejected(row, code, now)
+        if handled.acked:
             if not before:
-                self._acked_since = time.monotonic()
-            self.published += len(acked) - before
-            self._reject_delay = 1.0
+                self._acked_since = now
+            self.published += handled.acked
+        if handled.ended is not None:
+            return _disconnect_text(handled.ended)
+        if handled.unexpected is not None:
+            return f"protocol error: unexpected {handled.unexpected}"
         return None
 
-    def _control_acked(self, packet_id: int) -> None:
-        if packet_id in self._control_ids:
-            done = self._control_ids.pop(packet_id)
-            if done is not None:
-                done.set()
-
-    def _rejected(self, row: int, code: int) -> None:
+    def _rejected(self, row: int, code: int, now: float) -> None:
         """The broker refused one event: keep it spooled and re-send after a pause."""
         self.rejected += 1
         if code not in self._reported_rejections:
@@ -451,13 +519,11 @@ class MqttSink:
             log.error(
                 "MQTT broker %s rejected an event on %s: %s; events stay in the spool and are "
                 "re-sent with backoff",
-                self._options.url,
+                self._connector.options.url,
                 self.topics.exits,
                 puback_reason(code),
             )
-        self._rewind_to = min(row - 1, self._rewind_to if self._rewind_to is not None else row)
-        self._resume_at = time.monotonic() + self._reject_delay
-        self._reject_delay = min(self._reject_delay * 2, self._retry_max_s)
+        self._session.rejected(row, now, self._retry_max_s)
 
     # --- pumping (any thread, _lock held) -----------------------------------------------------
 
@@ -467,15 +533,16 @@ class MqttSink:
         (``link.broken``) for the network thread to end it."""
         if link.broken is not None:
             return
+        session = self._session
         try:
             packets = link.read()
             if packets is not None:
                 self._last_in = now
-                link.broken = self._handle_locked(packets)
+                link.broken = self._handle_locked(link, packets, now)
                 if link.broken is not None:
                     return
-            if self._acked and (
-                len(self._acked) >= ACK_BATCH or now - self._acked_since >= ACK_MAX_DELAY_S
+            if session.acked and (
+                len(session.acked) >= ACK_BATCH or now - self._acked_since >= ACK_MAX_DELAY_S
             ):
                 self._delete_acked_locked()
             # Keepalive: ping after a keepalive without traffic; dead once 1.5 keepalives
@@ -484,9 +551,19 @@ class MqttSink:
                 if now - self._last_in >= DEAD_AFTER_KEEPALIVES * self._keepalive:
                     link.broken = f"no answer from the broker for {now - self._last_in:.1f} s"
                     return
+                if packets is not None:
+                    self._ping_sent = None  # the broker answered (PINGRESP or anything else)
             elif now - self._last_in >= self._keepalive or now - self._last_out >= self._keepalive:
                 link.out += PINGREQ_PACKET
                 self._ping_sent = now
+            # A broker that answers pings but acknowledges nothing: say so, once a connection.
+            silent_s = session.waiting_for_ack(now)
+            if silent_s >= self._keepalive and not self._silence_reported:
+                self._silence_reported = True
+                self._connector.reporter.warning(
+                    f"connected but nothing acknowledged for {silent_s:.0f} s "
+                    f"({len(session.inflight) + len(session.control_ids)} messages waiting)"
+                )
             self._fill_locked(link, now)
             if link.out:
                 link.flush()
@@ -494,67 +571,82 @@ class MqttSink:
         except (OSError, ProtocolError) as exc:
             link.broken = describe_io_error(exc)
         finally:
-            if link.out or link.broken is not None or self._cursor < self._spool.last_id:
+            if link.out or link.broken is not None or session.cursor < self._spool.last_id:
                 # The network thread waits for room in the socket or in the window, or ends
                 # the link.
                 self._wake()
 
-    def _next_packet_id(self) -> int:
-        packet_id = self._last_packet_id
-        while True:
-            packet_id = packet_id + 1 if packet_id < 0xFFFF else 1
-            if packet_id not in self._inflight and packet_id not in self._control_ids:
-                self._last_packet_id = packet_id
-                return packet_id
-
     def _fill_locked(self, link: Link, now: float) -> None:
         """Encode status and stats messages, then spooled rows, until the window is full."""
-        room = self._window - len(self._inflight) - len(self._control_ids)
+        session = self._session
+        room = session.room()
         if room <= 0:
             return
+        encoders = self._encoders
         if self._status_due and not self._closing:
             self._status_due = False
-            self._controls.appendleft(
-                _Control(self._status_encoder, self._status_json("online"), None)
-            )
+            self._controls.appendleft(_Control("status", self._status_message("online"), None))
         while self._controls and room > 0:
-            control = self._controls.popleft()
-            packet_id = self._next_packet_id()
-            self._control_ids[packet_id] = control.done
-            control.encoder.encode_into(link.out, packet_id, control.payload)
-            room -= 1
+            kind, message, done = self._controls.popleft()
+            encoder = encoders.status if kind == "status" else encoders.stats
+            keep = STATUS_REQUIRED if kind == "status" else STATS_REQUIRED
+            payload = _fit(encoder, message, encoders.max_packet_size, keep)
+            if payload is None:
+                log.warning("MQTT %s message skipped: over the broker's packet size limit", kind)
+                if done is not None:
+                    done.set()
+                continue
+            if encoders.qos:
+                encoder.encode_into(link.out, session.send_control(done, now), payload)
+                room -= 1
+            else:
+                encoder.encode_into(link.out, 0, payload)
+                if done is not None:
+                    done.set()
         if self._closing or room <= 0:
             return  # the offline status is the last message
-        if self._rewind_to is not None:
-            if now < self._resume_at:
-                return
-            self._cursor = min(self._cursor, self._rewind_to)
-            self._rewind_to = None
-            self._skip_rows = set(self._inflight.values())
+        if not session.ready_to_resume(now):
+            return
         # Refill in chunks: one spool read per few PUBACKs, not one per PUBACK.
-        if self._inflight and room < max(1, self._window // 8):
+        if session.inflight and room < max(1, session.window // 8):
             return
         rows = self._take_rows_locked(room)
         if not rows:
             return
-        out = link.out
-        encode_into = self._exit_encoder.encode_into
-        inflight = self._inflight
-        controls = self._control_ids
-        packet_id = self._last_packet_id
-        for row, payload in rows:  # _next_packet_id, inlined: this loop runs for every event
-            packet_id = packet_id + 1 if packet_id < 0xFFFF else 1
-            while packet_id in inflight or packet_id in controls:
-                packet_id = packet_id + 1 if packet_id < 0xFFFF else 1
-            inflight[packet_id] = row
-            encode_into(out, packet_id, payload)
-        self._last_packet_id = packet_id
+        if encoders.qos:
+            oversize = session.assign(
+                rows, encoders.exits.encode_into, link.out, encoders.max_payload, now
+            )
+        else:
+            oversize = session.sent_unacknowledged(rows, encoders.max_payload)
+            sent = set(oversize)
+            for row, payload in rows:
+                if row not in sent:
+                    encoders.exits.encode_into(link.out, 0, payload)
+            self.published += len(rows) - len(oversize)
+        if oversize:
+            self._oversize_locked(oversize)
+
+    def _oversize_locked(self, rows: list[int]) -> None:
+        """Events the broker would refuse (Maximum Packet Size): deleted and counted."""
+        if not self.dropped_oversize:
+            log.error(
+                "MQTT broker %s takes packets up to %d bytes: an event over it is skipped "
+                "(counted as dropped_oversize)",
+                self._connector.options.url,
+                self._encoders.max_packet_size,
+            )
+        self.dropped_oversize += len(rows)
+        if not self._session.acked:
+            self._acked_since = time.monotonic()
+        self._session.acked += rows
 
     def _take_rows_locked(self, room: int) -> list[tuple[int, bytes]]:
         """Up to ``room`` rows after the cursor, from ``_fresh`` or else the spool."""
         spool = self._spool
+        session = self._session
         rows: list[tuple[int, bytes]] = []
-        cursor = self._cursor
+        cursor = session.cursor
         fresh = self._fresh
         if fresh and self._fresh_generation != spool.generation:
             fresh.clear()  # some of them were dropped or lost with a replaced file
@@ -569,12 +661,11 @@ class MqttSink:
                 if not batch:
                     break
             cursor = batch[-1][0]
-            if self._skip_rows:
-                batch = [r for r in batch if r[0] not in self._skip_rows]
+            if session.skip_rows:
+                batch = [r for r in batch if r[0] not in session.skip_rows]
             rows += batch
             room -= len(batch)
-        self._cursor = cursor
-        self._handed = max(self._handed, cursor)
+        session.advance(cursor)
         return rows
 
     def _keep_fresh_locked(self, ids: range, payloads: list[bytes]) -> None:
@@ -586,16 +677,17 @@ class MqttSink:
         if fresh and (fresh[-1][0] + 1 != ids.start or self._fresh_generation != generation):
             fresh.clear()
         # Only while connected, and at most a window's worth: otherwise the spool serves.
-        if self._connected and len(fresh) + len(ids) <= self._max_window:
+        if self._connected and len(fresh) + len(ids) <= self._session.max_window:
             fresh += zip(ids, payloads[len(payloads) - len(ids) :], strict=True)
             self._fresh_generation = generation
         else:
             fresh.clear()
 
     def _delete_acked_locked(self) -> None:
-        if self._acked:
-            self._spool.ack(self._acked)
-            self._acked = []
+        session = self._session
+        if session.acked:
+            self._spool.ack(session.acked)
+            session.acked = []
 
     def _wake(self) -> None:
         if not self._wake_pending and threading.get_ident() != self._thread.ident:
@@ -609,7 +701,7 @@ class MqttSink:
         with self._lock:
             # Rows handed to the broker are protected from the drop-oldest rule: they may be
             # delivered, and must not be counted as both published and dropped.
-            ids, _ = self._spool.append_ids(payloads, protect_upto=self._handed)
+            ids, _ = self._spool.append_ids(payloads, protect_upto=self._session.handed)
             self._keep_fresh_locked(ids, payloads)
             if self._link is not None:
                 self._last_emit = now = time.monotonic()
@@ -624,9 +716,10 @@ class MqttSink:
                 "published": self.published,
                 "dropped_queue": spool.dropped_error,
                 "dropped_spool": spool.dropped_full + spool.dropped_corrupt,
+                "dropped_oversize": self.dropped_oversize,
                 "spool_depth": self._spool.depth,
                 "spool_bytes": self._spool.payload_bytes,
-                "inflight": len(self._inflight),
+                "inflight": len(self._session.inflight),
                 "spool_replayed": spool.replayed,
                 "spool_corrupt_files": spool.corrupt_files,
                 "rejected": self.rejected,
@@ -636,6 +729,11 @@ class MqttSink:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def broker(self) -> str:
+        """The broker in use (or tried next), as a URL."""
+        return str(self._connector.options.url)
 
     def publish_stats(self, agent_counters: Mapping[str, int | float]) -> dict[str, Any]:
         """Publish `<prefix>/<host>/stats` (skipped while disconnected); returns the stats."""
@@ -653,26 +751,24 @@ class MqttSink:
                 self._last_status_drops = drops
                 self._status_due = True
             if self._link is not None:
-                self._controls.append(
-                    _Control(self._stats_encoder, json.dumps(stats).encode(), None)
-                )
+                self._controls.append(_Control("stats", stats, None))
                 self._pump_locked(self._link, time.monotonic())
         return stats
 
-    def _status_json(self, state: str, **extra: Any) -> bytes:
+    def _status_message(self, state: str, **extra: Any) -> dict[str, Any]:
         status: dict[str, Any] = {
             "state": state,
             "host": self.identity.host,
+            **extra,
             "version": self.identity.version,
             "probe": self.identity.probe,
             "started_at": self.identity.started_at,
             "time": utc_now(),
         }
-        for key in ("events_seen", "published", "dropped_kernel", "dropped_queue", "dropped_spool"):
+        for key in (*DROP_COUNTERS, "events_seen", "published", "dropped_oversize"):
             if key in self._last_counters:
                 status[key] = self._last_counters[key]
-        status.update(extra)
-        return json.dumps(status).encode()
+        return status
 
     def flush(self, timeout: float) -> bool:
         """Wait until every spooled event is acknowledged; False on timeout or disconnect."""
@@ -704,8 +800,8 @@ class MqttSink:
             self._closing = True
             if self._link is not None:
                 offline = threading.Event()
-                payload = self._status_json("offline", reason="stopped")
-                self._controls.append(_Control(self._status_encoder, payload, offline))
+                message = self._status_message("offline", reason="stopped")
+                self._controls.append(_Control("status", message, offline))
                 self._pump_locked(self._link, time.monotonic())
         self._wake()  # no more emits: the network thread reads the acknowledgement
         if offline is not None:
@@ -721,3 +817,10 @@ class MqttSink:
         with self._lock:
             self._delete_acked_locked()
             self._spool.close()
+
+
+def _disconnect_text(packet: Disconnect) -> str:
+    """The broker's DISCONNECT in words, with its reason string when it sent one."""
+    why = f"the broker disconnected: {disconnect_reason(packet.reason_code)}"
+    text = packet.properties.get(REASON_STRING)
+    return why + (f' ("{text}")' if isinstance(text, str) else "")

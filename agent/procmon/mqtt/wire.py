@@ -1,7 +1,8 @@
 """The MQTT 3.1.1 and 5 packets a QoS 1 publisher needs, as pure functions on bytes.
 
-Encoders for CONNECT, PUBLISH, PINGREQ, DISCONNECT; an incremental decoder for what a broker
-sends a client that never subscribes. No sockets, clocks or locks here.
+Encoders for CONNECT, PUBLISH, PINGREQ, DISCONNECT and the acknowledgements of a PUBLISH the
+broker sends unasked; an incremental decoder for what a broker sends a client that never
+subscribes. No sockets, clocks or locks here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ CONNECT = 0x10
 CONNACK = 0x20
 PUBLISH = 0x30
 PUBACK = 0x40
+PUBREC = 0x50
+PUBREL = 0x62  # flags 0010, as the spec requires
+PUBCOMP = 0x70
 PINGREQ = 0xC0
 PINGRESP = 0xD0
 DISCONNECT = 0xE0
@@ -33,7 +37,10 @@ ASSIGNED_CLIENT_IDENTIFIER = 0x12
 SERVER_KEEP_ALIVE = 0x13
 REASON_STRING = 0x1F
 RECEIVE_MAXIMUM = 0x21
+TOPIC_ALIAS_MAXIMUM = 0x22
+TOPIC_ALIAS = 0x23
 MAXIMUM_QOS = 0x24
+RETAIN_AVAILABLE = 0x25
 USER_PROPERTY = 0x26
 MAXIMUM_PACKET_SIZE = 0x27
 
@@ -235,6 +242,20 @@ class PublishEncoder:
         out += self._properties
         out += payload
 
+    def packet_size(self, payload_length: int) -> int:
+        """The whole PUBLISH's size in bytes for a payload this long (fixed header included)."""
+        length = self._fixed_length + payload_length
+        return 1 + len(encode_varint(length)) + length
+
+    def max_payload(self, max_packet_size: int) -> int:
+        """The longest payload whose PUBLISH fits ``max_packet_size`` bytes (-1: none does)."""
+        best = -1
+        for header in (1, 2, 3, 4):  # bytes of the remaining length itself
+            payload = max_packet_size - 1 - header - self._fixed_length
+            if payload >= 0 and self.packet_size(payload) <= max_packet_size:
+                best = max(best, payload)
+        return best
+
     def encode(self, packet_id: int, payload: bytes, dup: bool = False) -> bytes:
         out = bytearray()
         self.encode_into(out, packet_id, payload, dup)
@@ -267,6 +288,11 @@ def encode_disconnect(protocol: int, reason_code: int = 0) -> bytes:
     if protocol == PROTOCOL_5 and reason_code:
         return bytes((DISCONNECT, 1, reason_code))
     return bytes((DISCONNECT, 0))
+
+
+def encode_ack(first_byte: int, packet_id: int) -> bytes:
+    """PUBACK, PUBREC, PUBREL or PUBCOMP, success (the short form both versions accept)."""
+    return bytes((first_byte, 2, packet_id >> 8, packet_id & 0xFF))
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -304,7 +330,23 @@ class Disconnect:
     properties: Properties = field(default_factory=dict)
 
 
-Packet = ConnAck | PubAck | PubAcks | PingResp | Disconnect
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """A PUBLISH the broker sent unasked (amqtt sends retained messages to every client): only
+    what acknowledging it takes; its topic and payload are discarded."""
+
+    qos: int
+    packet_id: int = 0  # 0 for QoS 0
+
+
+@dataclass(frozen=True, slots=True)
+class PubRel:
+    """Step two of the broker's QoS 2 PUBLISH: answered with PUBCOMP."""
+
+    packet_id: int
+
+
+Packet = ConnAck | PubAck | PubAcks | PingResp | Disconnect | Publish | PubRel
 
 _PINGRESP = PingResp()
 # Reason codes from 0x80 are failures: 1 where a PUBACK reports one, 0 elsewhere.
@@ -507,4 +549,25 @@ class Decoder:
         if first == DISCONNECT and v5:
             reason, props = _reason_and_properties(body)
             return Disconnect(reason, props)
+        if kind == PUBLISH:
+            qos = (first >> 1) & 3
+            if qos == 3:
+                raise ProtocolError("PUBLISH with QoS 3")
+            if len(body) < 2:
+                raise ProtocolError("PUBLISH too short")
+            topic_end = 2 + ((body[0] << 8) | body[1])
+            if not qos:
+                if topic_end > len(body):
+                    raise ProtocolError("PUBLISH topic runs past its packet")
+                return Publish(0)
+            if topic_end + 2 > len(body):
+                raise ProtocolError("PUBLISH without a whole packet id")
+            packet_id = (body[topic_end] << 8) | body[topic_end + 1]
+            if not packet_id:
+                raise ProtocolError("PUBLISH with packet id 0")
+            return Publish(qos, packet_id)
+        if first == PUBREL:
+            if len(body) < 2:
+                raise ProtocolError("PUBREL too short")
+            return PubRel((body[0] << 8) | body[1])
         raise ProtocolError(f"unexpected packet type {kind >> 4} (first byte {first:#04x})")

@@ -18,8 +18,8 @@ import time
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from procmon.broker_url import BrokerConfigError, BrokerOptions, BrokerUrl
-from procmon.sinks.mqtt_wire import PROTOCOL_311, ConnAck, Decoder, Packet, ProtocolError
+from procmon.mqtt.broker_url import BrokerConfigError, BrokerOptions, BrokerUrl
+from procmon.mqtt.wire import PROTOCOL_311, ConnAck, Decoder, Packet, ProtocolError
 
 # TCP connect, TLS handshake and CONNACK together.
 CONNECT_TIMEOUT_S = 10.0
@@ -46,6 +46,21 @@ class ConnectionClosed(ConnectionError):
 
     def __init__(self) -> None:
         super().__init__("closed by the broker")
+
+
+class NoConnAck(TimeoutError):
+    """CONNECT went out, and no CONNACK came back in time."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(errno.ETIMEDOUT, f"no CONNACK within {timeout_s:g} s")
+
+
+class ClosedBeforeConnAck(ConnectionError):
+    """The broker closed or reset the link after our CONNECT, before any CONNACK: what a broker
+    that does not speak our MQTT version (RabbitMQ and MQTT 5) does."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__(errno.ECONNRESET, f"the link was {how} before any CONNACK")
 
 
 def tls_context(options: BrokerOptions) -> ssl.SSLContext | None:
@@ -258,13 +273,20 @@ def open_link(
                     _wait(sock, select.POLLOUT, deadline, stop_fd)
         link = Link(sock, protocol)
         link.out += connect_packet
-        while not link.flush():
-            _wait(sock, select.POLLOUT, deadline, stop_fd)
-        while True:
-            _wait(sock, select.POLLIN, deadline, stop_fd)
-            packets = link.read()
-            if packets:
-                break
+        try:
+            while not link.flush():
+                _wait(sock, select.POLLOUT, deadline, stop_fd)
+            while True:
+                _wait(sock, select.POLLIN, deadline, stop_fd)
+                packets = link.read()
+                if packets:
+                    break
+        except ConnectionClosed:
+            raise ClosedBeforeConnAck("closed by the broker") from None
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
+            raise ClosedBeforeConnAck("reset by the broker") from None
+        except TimeoutError:
+            raise NoConnAck(timeout) from None
         first, *rest = packets
         if not isinstance(first, ConnAck):
             raise ProtocolError(f"expected CONNACK, got {type(first).__name__}")
