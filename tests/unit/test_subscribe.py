@@ -23,12 +23,18 @@ def event_json(n: int, host: str = "h1") -> bytes:
 # --- the consumer alone --------------------------------------------------------------------
 
 
+def written(consumer: ExitConsumer, out: io.BytesIO) -> bytes:
+    """What reached the stream: lines go out at each flush (once per batch)."""
+    consumer.flush()
+    return out.getvalue()
+
+
 def test_consumer_writes_valid_events_as_json_lines() -> None:
     out = io.BytesIO()
     consumer = ExitConsumer(out, dedup=False)
     assert consumer.handle("procmon/h1/exits", event_json(1))
     assert consumer.handle("procmon/h1/exits", event_json(2), "procmon.exit/v1")
-    lines = out.getvalue().splitlines()
+    lines = written(consumer, out).splitlines()
     assert [json.loads(line)["pid"] for line in lines] == [1, 2]
     assert consumer.counters.written == 2
 
@@ -51,7 +57,7 @@ def test_consumer_counts_and_skips_bad_messages(
     assert not consumer.handle("procmon/h1/exits", payload, schema_property)
     assert getattr(consumer.counters, counter) == 1
     assert consumer.counters.written == 0
-    assert out.getvalue() == b""
+    assert written(consumer, out) == b""
     (line,) = capsys.readouterr().err.splitlines()  # one line naming topic and reason
     assert "procmon/h1/exits" in line
 
@@ -63,7 +69,7 @@ def test_consumer_dedup_window_is_bounded() -> None:
         consumer.handle("procmon/h1/exits", event_json(n))
     consumer.handle("procmon/h1/exits", event_json(1))
     assert consumer.counters.duplicates == 1
-    assert [json.loads(x)["pid"] for x in out.getvalue().splitlines()] == [1, 2, 3, 4, 5, 1]
+    assert [json.loads(x)["pid"] for x in written(consumer, out).splitlines()] == [1, 2, 3, 4, 5, 1]
 
 
 def test_an_event_speaking_for_another_host_is_refused(capsys: Any) -> None:
@@ -85,7 +91,7 @@ def test_dedup_is_keyed_by_the_topic_host() -> None:
     consumer.handle("procmon/hostA/exits", forged.model_dump_json().encode())
     real = sample_event(1, "hostB").model_copy(update={"exit_code": 139})
     assert consumer.handle("procmon/hostB/exits", real.model_dump_json().encode())
-    assert [json.loads(x)["exit_code"] for x in out.getvalue().splitlines()] == [139]
+    assert [json.loads(x)["exit_code"] for x in written(consumer, out).splitlines()] == [139]
     assert (consumer.counters.spoofed, consumer.counters.duplicates) == (1, 0)
 
 
