@@ -13,7 +13,7 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64 nftables iproute2 \
 	prometheus rabbitmq-server
 
-.PHONY: setup apt venv bpf tracefs demo test unit lint schema clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost bench-killer soak
+.PHONY: setup apt venv bpf tracefs demo test unit lint schema clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost bench-killer bench-subscribe soak
 
 setup: apt venv bpf tracefs
 	$(PY) -m pip install -q -e '.[dev]'
@@ -120,6 +120,11 @@ vm-test: setup
 # 30 minutes at 500 exits/s with the agent's RSS and CPU sampled: bench/soak.md (not in CI).
 soak: setup
 	$(PY) bench/soak.py
+
+# `procmon subscribe` draining 30,000 queued events: before/after, --dedup, mosquitto_sub
+# (bench/subscribe.md, bench/subscribe.png).
+bench-subscribe: setup
+	$(PY) bench/subscribe_throughput.py
 
 # Three systemd-nspawn hosts deployed with ansible/deploy.yml (also part of `make test`).
 fleet-test: setup
