@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -32,7 +33,7 @@ def test_demo_shows_each_kind_of_exit_and_stops_on_ctrl_c() -> None:
     assert demo.stdout is not None
     reader = threading.Thread(target=lambda: lines.extend(demo.stdout or ()), daemon=True)
     reader.start()
-    wanted = {
+    wanted: dict[str, Callable[[str], bool]] = {
         "failing": lambda line: " sh pid=" in line and " exit code 3 " in line,
         "killed": lambda line: " sleep pid=" in line and " killed by SIGKILL from pid " in line,
         "crash": lambda line: " pid=" in line and " crashed: SIGSEGV" in line,
