@@ -13,7 +13,7 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64 nftables iproute2 \
 	prometheus rabbitmq-server
 
-.PHONY: setup apt venv bpf tracefs demo test unit lint schema clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost bench-killer bench-subscribe soak
+.PHONY: setup apt venv bpf tracefs demo test unit lint schema clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost bench-killer bench-subscribe bench-fleet soak
 
 setup: apt venv bpf tracefs
 	$(PY) -m pip install -q -e '.[dev]'
@@ -125,6 +125,11 @@ soak: setup
 # (bench/subscribe.md, bench/subscribe.png).
 bench-subscribe: setup
 	$(PY) bench/subscribe_throughput.py
+
+# Simulated hosts (the agent's MqttSink at R exits/s each) -> one mosquitto -> $share consumers:
+# the capacity table and consumer scale-out (bench/fleet.md, bench/fleet.png; about 10 minutes).
+bench-fleet: setup
+	$(PY) bench/fleet.py
 
 # Three systemd-nspawn hosts deployed with ansible/deploy.yml (also part of `make test`).
 fleet-test: setup

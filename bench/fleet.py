@@ -328,8 +328,8 @@ H hosts, each a real MQTT connection made by the agent's `MqttSink` (its SQLite 
 tmpfs, QoS 1, MQTT 5), in {PUBLISHER_PROCESSES} simulator processes, emitting R synthetic valid
 events/s (about 1.1 kB each) for {args.duration:g} s, through one mosquitto 2.0
 (`max_queued_messages 0`, `max_inflight_messages 0`) to {args.consumers} `procmon subscribe`
-consumers in one `$share` group. Held = every event reached a consumer (by event_id) and the consumers caught up within
-{HELD_S:g} s of the publishers' end.
+consumers in one `$share` group. Held = every event reached a consumer (by event_id) and the
+consumers caught up within {HELD_S:g} s of the publishers' end.
 
 {headline}.
 
