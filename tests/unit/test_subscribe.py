@@ -239,3 +239,28 @@ def test_publishes_are_cut_from_the_buffer_and_acked_in_one_write() -> None:
     assert got[0].properties == {0x26: [("schema", "procmon.exit/v1")]}
     (queued,) = client._out_packet
     assert queued["packet"] == b"\x40\x02\x00\x01\x40\x02\x00\x02"  # PUBACKs 1 and 2, one write
+
+
+def test_grafana_dashboard_queries_only_metrics_the_subscriber_exports() -> None:
+    """docs/grafana-procmon.json: valid JSON, and every procmon_fleet_* name in its queries is
+    one `procmon subscribe --metrics` serves."""
+    import re
+
+    from prometheus_client import generate_latest
+
+    from helpers.common import REPO
+    from procmon.fleet_metrics import AGENT_COUNTERS, FleetMetrics
+
+    metrics = FleetMetrics()
+    metrics.exit(sample_event(1, "h"))
+    metrics.messages({"written": 1}, {})
+    metrics.side_message("h", "status", b'{"state": "online"}')
+    stats = {key: 0 for key in AGENT_COUNTERS}
+    metrics.side_message("h", "stats", json.dumps(stats).encode())
+    exported = set(
+        re.findall(r"^(procmon_fleet_\w+)", generate_latest(metrics.registry).decode(), re.M)
+    )
+    dashboard = json.loads((REPO / "docs/grafana-procmon.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"procmon_fleet_\w+", expr)}
+    assert used and used <= exported, used - exported
