@@ -40,6 +40,7 @@ _PUBACK = 0x40
 READ_SIZE = 256 << 10  # one recv: a few hundred events
 BATCH = 2000  # messages per batch: written, flushed and acknowledged together (~50 ms of work)
 _PROPERTY_CACHE = 256  # distinct MQTT 5 property blocks remembered (publishers repeat theirs)
+_TOPIC_CACHE = 100_000  # decoded topics remembered: one per host
 
 
 class Publish(NamedTuple):
@@ -97,6 +98,7 @@ class BoundedClient(mqtt.Client):
         self._rsock: object = None  # the socket _rbuf came from
         self._batch: list[Publish] = []
         self._property_cache: dict[bytes, WireProperties | None] = {}
+        self._topics: dict[bytes, str] = {}
 
     # --- reading: one large recv, packets cut from the buffer -------------------------------
 
@@ -210,7 +212,12 @@ class BoundedClient(mqtt.Client):
                 return None
             properties = self._properties(bytes(buf[i : i + length])) if length else {}
             body = i + length
-        topic = bytes(buf[pos + 2 : topic_end]).decode("utf-8", "replace")
+        raw_topic = bytes(buf[pos + 2 : topic_end])
+        topic = self._topics.get(raw_topic)
+        if topic is None:  # a fleet has few topics: each is decoded once
+            if len(self._topics) >= _TOPIC_CACHE:
+                self._topics.clear()
+            topic = self._topics[raw_topic] = raw_topic.decode("utf-8", "replace")
         return Publish(topic, bytes(buf[body:end]), properties, bool(first & 1), qos, mid)
 
     def _properties(self, raw: bytes) -> WireProperties | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fnmatch
+import functools
 import gc
 import logging
 import re
@@ -240,6 +241,7 @@ class ExitConsumer:
         return False
 
 
+@functools.lru_cache(maxsize=65536)  # one entry per host's topic
 def topic_host(topic: str) -> str:
     """The host level of ``<prefix>/<host>/exits``: the one the broker's ACL vouches for."""
     rest, _, _ = topic.rpartition("/")
