@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -278,9 +279,90 @@ def run_share(k: int, n: int, workdir: Path) -> ShareRun:
         broker.kill()
 
 
+@dataclass
+class Ceiling:
+    consumer: str
+    publishers: int
+    events: int
+    seconds: float
+    rate: float
+    broker_cpu_pct: float
+
+
+def run_ceiling(consumer: str, publishers: int, per_publisher: int, workdir: Path) -> Ceiling:
+    """mosquitto's own limit: C publishers (mosquitto_pub -l, QoS 1, 1,000 in flight) send
+    as fast as they can; one mosquitto_sub, or two `procmon subscribe` in a $share group,
+    take everything. Rate = events / time until the consumers have all of them."""
+    workdir.mkdir(parents=True)
+    broker = Mosquitto(workdir / "broker")
+    broker.start()
+    assert broker.proc is not None
+    total = publishers * per_publisher
+    try:
+        if consumer == "mosquitto_sub":
+            out = workdir / "sub.out"
+            sink = open(out, "wb")  # noqa: SIM115 - the child's stdout
+            consumers = [
+                subprocess.Popen(
+                    [
+                        "mosquitto_sub", "-p", str(broker.port), "-q", "1", "-V", "mqttv5",
+                        "-t", "procmon/+/exits", "-C", str(total),
+                    ],
+                    stdout=sink,
+                )
+            ]  # fmt: skip
+            sink.close()
+            outs = [out]
+        else:
+            consumers, outs = start_consumers(broker.url, 2, workdir, None)
+        time.sleep(2.0)
+        feeds = []
+        for i in range(publishers):
+            feed = workdir / f"feed{i}"
+            host = f"sim-{i:04d}"
+            base = template_event(host)
+            lines = [
+                base.model_copy(update={"event_id": f"{BOOT_ID}:{i}:{seq}", "pid": seq + 2})
+                .model_dump_json()
+                .encode()
+                for seq in range(per_publisher)
+            ]
+            feed.write_bytes(b"\n".join(lines) + b"\n")
+            feeds.append((feed, host))
+        before = cpu_s(broker.proc.pid)
+        started = time.monotonic()
+        pubs = [
+            subprocess.Popen(
+                [
+                    "mosquitto_pub", "-p", str(broker.port), "-q", "1", "-V", "mqttv5",
+                    "-M", "1000", "-l", "-t", f"procmon/{host}/exits",
+                ],
+                stdin=open(feed, "rb"),  # noqa: SIM115
+            )
+            for feed, host in feeds
+        ]  # fmt: skip
+        while count_lines(outs) < total and time.monotonic() - started < 300:
+            time.sleep(0.05)
+        seconds = time.monotonic() - started
+        broker_cpu = cpu_s(broker.proc.pid) - before
+        for p in pubs:
+            p.wait(30)
+        stop(consumers)
+        return Ceiling(
+            consumer, publishers, total, round(seconds, 2), round(total / seconds),
+            round(broker_cpu / seconds * 100, 1),
+        )  # fmt: skip
+    finally:
+        broker.kill()
+
+
 # --- report ---------------------------------------------------------------------------------
 
 
+CEILING_HEADER = (
+    "| consumers | publishers | events | seconds | events/s | broker CPU % "
+    "| broker CPU µs/event | one core at 100 %: events/s |\n|---|---|---|---|---|---|---|---|"
+)
 CAPACITY_HEADER = (
     "| hosts | exits/s per host | exits/s total | consumers | events | lost | caught up after s "
     "| held | broker CPU % | consumers CPU % | publishers CPU % |\n"
@@ -288,7 +370,12 @@ CAPACITY_HEADER = (
 )
 
 
-def report(capacity: list[Capacity], share: list[ShareRun], args: argparse.Namespace) -> None:
+def report(
+    capacity: list[Capacity],
+    share: list[ShareRun],
+    ceiling: list[Ceiling],
+    args: argparse.Namespace,
+) -> None:
     cap_rows = "\n".join(
         f"| {c.hosts} | {c.rate_per_host:g} | {c.hosts * c.rate_per_host:,.0f} | {c.consumers} | "
         f"{c.offered:,} | {c.lost:,} | {c.catch_up_s:.1f} | {'yes' if c.held else '**no**'} | "
@@ -299,6 +386,15 @@ def report(capacity: list[Capacity], share: list[ShareRun], args: argparse.Names
         f"| {s.consumers} | {s.events:,} | {s.seconds:.2f} | {s.rate:,} | {s.consumer_cpu_s:.2f} |"
         for s in share
     )
+    ceiling_rows = "\n".join(
+        f"| {c.consumer} | {c.publishers} | {c.events:,} | {c.seconds:.2f} | {c.rate:,.0f} | "
+        f"{c.broker_cpu_pct:.0f} | {broker_us(c.broker_cpu_pct, c.rate):.1f} | "
+        f"{1e6 / broker_us(c.broker_cpu_pct, c.rate):,.0f} |"
+        for c in ceiling
+    )
+    per_event = [broker_us(c.broker_cpu_pct, c.hosts * c.rate_per_host) for c in capacity]
+    per_event += [broker_us(c.broker_cpu_pct, c.rate) for c in ceiling]
+    saturation = 1e6 / statistics.median(per_event) if per_event else 0.0
     held = [c for c in capacity if c.held]
     best = max(held, key=lambda c: c.hosts * c.rate_per_host) if held else None
     first_fail = next((c for c in capacity if not c.held), None)
@@ -313,6 +409,15 @@ def report(capacity: list[Capacity], share: list[ShareRun], args: argparse.Names
             f"; not held from {first_fail.hosts} x {first_fail.rate_per_host:g} = "
             f"{first_fail.hosts * first_fail.rate_per_host:,.0f}/s (lost "
             f"{first_fail.lost:,}, caught up after {first_fail.catch_up_s:.1f} s)"
+        )
+        total_cpu = (
+            first_fail.broker_cpu_pct + first_fail.consumer_cpu_pct + first_fail.publisher_cpu_pct
+        )
+        headline += (
+            f". There the three parts used {total_cpu:.0f} % of a core between them (broker "
+            f"{first_fail.broker_cpu_pct:.0f} %), beside the other work on the machine: the 2 "
+            f"CPUs ran out, not mosquitto's thread; the backlog waited in the agents' spools "
+            f"and the broker's queue and was delivered after the end"
         )
     text = f"""# Fleet capacity: simulated hosts -> one mosquitto -> `procmon subscribe`
 
@@ -349,10 +454,40 @@ time from the first byte any of them wrote (start-up left out) until every event
 On 2 CPUs, K consumers and the broker share the same two cores: past K = 2 the extra
 consumers only divide the same CPU. On a bigger machine (or several), each consumer adds its
 own ~50,000 validated events per CPU-second (bench/subscribe.md).
+
+## Where one mosquitto saturates
+
+The simulated hosts above cost more CPU than the broker, so on 2 CPUs they run out before
+mosquitto does. To find the broker's own limit, cheap C clients replace them: C
+`mosquitto_pub -l -q 1 -M 1000` processes (one host topic each) send pre-built valid events
+as fast as they can, to one `mosquitto_sub` (unvalidated) or to two `procmon subscribe` in a
+`$share` group; rate = events / time until the consumers have them all.
+
+{CEILING_HEADER}
+{ceiling_rows}
+
+mosquitto never reached 100 % of a core here: with five other engineers' work on the same 2
+CPUs (load average 5-10), every process got a share of a core, the broker included. What is
+stable across every run above (capacity and ceiling) is the broker's CPU per event, in and
+out at QoS 1 with one consumer group: a median of
+**{statistics.median(per_event) if per_event else 0:.1f} µs**, so one mosquitto (one thread)
+saturates at about **{saturation:,.0f} events/s** on this machine's cores, whatever the
+number of hosts behind it. Each more consumer group (a second `$share` group, a plain
+subscriber) adds an outbound copy of every event.
 """
     args.results.write_text(text)
     print(text)
     plot(capacity, share, args.plot)
+
+
+def broker_us(cpu_pct: float, rate: float) -> float:
+    """The broker's CPU per event, in microseconds, from its CPU share at a rate."""
+    return cpu_pct / 100 / rate * 1e6 if rate else 0.0
+
+
+def load_previous() -> dict[str, list[dict[str, object]]]:
+    path = REPO / "bench/out/fleet.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def plot(capacity: list[Capacity], share: list[ShareRun], path: Path) -> None:
@@ -395,6 +530,10 @@ def main() -> int:
     parser.add_argument("--share-max", type=int, default=4)
     parser.add_argument("--skip-capacity", action="store_true")
     parser.add_argument("--skip-share", action="store_true")
+    parser.add_argument("--skip-ceiling", action="store_true")
+    parser.add_argument(
+        "--keep-skipped", action="store_true", help="reuse bench/out/fleet.json for skipped parts"
+    )
     parser.add_argument("--results", type=Path, default=REPO / "bench/fleet.md")
     parser.add_argument("--plot", type=Path, default=REPO / "bench/fleet.png")
     parser.add_argument("--publisher", nargs=5, help=argparse.SUPPRESS)
@@ -405,14 +544,25 @@ def main() -> int:
     sys.path.insert(0, str(REPO / "bench"))
     out = REPO / "bench/out"
     out.mkdir(exist_ok=True)
-    capacity: list[Capacity] = []
-    share: list[ShareRun] = []
+    previous = load_previous() if args.keep_skipped else {}
+    capacity = [Capacity(**c) for c in previous.get("capacity", [])]  # type: ignore[arg-type]
+    share = [ShareRun(**s) for s in previous.get("share", [])]  # type: ignore[arg-type]
+    ceiling = [Ceiling(**c) for c in previous.get("ceiling", [])]  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory(prefix="procmon-fleet-") as tmp:
+        if not args.skip_ceiling:
+            ceiling = []
+            for consumer, pubs in (("mosquitto_sub", 2), ("mosquitto_sub", 4), ("procmon", 4)):
+                ceiling.append(
+                    run_ceiling(consumer, pubs, 25_000, Path(tmp) / f"c{consumer}{pubs}")
+                )
+                print(ceiling[-1], flush=True)
         if not args.skip_share:
+            share = []
             for k in range(1, args.share_max + 1):
                 share.append(run_share(k, args.share_events, Path(tmp) / f"share{k}"))
                 print(share[-1], flush=True)
         if not args.skip_capacity:
+            capacity = []
             for spec in args.configs.split(","):
                 hosts, rate = spec.split("x")
                 result = run_capacity(
@@ -421,9 +571,15 @@ def main() -> int:
                 capacity.append(result)
                 print(result, flush=True)
     (out / "fleet.json").write_text(
-        json.dumps({"capacity": [asdict(c) for c in capacity], "share": [asdict(s) for s in share]})
+        json.dumps(
+            {
+                "capacity": [asdict(c) for c in capacity],
+                "share": [asdict(s) for s in share],
+                "ceiling": [asdict(c) for c in ceiling],
+            }
+        )
     )
-    report(capacity, share, args)
+    report(capacity, share, ceiling, args)
     return 0
 
 
