@@ -286,9 +286,9 @@ one run and CPU per event are the figures to trust. {n:,} valid events (about 1.
 
 - after / before: **{ratio("after", "before", medians):.1f}x** in wall-clock drain rate,
   **{ratio("before", "after", cpu):.1f}x** less CPU per event.
-- `--dedup` costs **{(ratio("after --dedup", "after", cpu) - 1) * 100:.1f} %** CPU per event
-  on top ({(1 - ratio("after --dedup", "after", medians)) * 100:.1f} % in wall-clock rate,
-  which is within this machine's noise).
+- `--dedup`: **{(ratio("after --dedup", "after", cpu) - 1) * 100:+.1f} %** CPU per event
+  ({(1 - ratio("after --dedup", "after", medians)) * 100:+.1f} % in wall-clock rate, within
+  this machine's noise; negative means no measurable cost).
 - Drain rate = events / (exit - first byte in the output file): the interpreter's start-up
   (about 0.3-0.5 s for Python) is in "total s" only. CPU per event is the child's rusage minus
   that of the same command started on an empty session (start-up, connection, exit). Peak RSS
