@@ -124,7 +124,7 @@ soak: setup
 # `procmon subscribe` draining 30,000 queued events: before/after, --dedup, mosquitto_sub
 # (bench/subscribe.md, bench/subscribe.png).
 bench-subscribe: setup
-	$(PY) bench/subscribe_throughput.py
+	$(PY) bench/subscribe_throughput.py --rt
 
 # Simulated hosts (the agent's MqttSink at R exits/s each) -> one mosquitto -> $share consumers:
 # the capacity table and consumer scale-out (bench/fleet.md, bench/fleet.png; about 10 minutes).
