@@ -463,9 +463,9 @@ On this machine the consumers, the broker and five other engineers' jobs share 2
 the runs of one K vary by 2-4x: no gain from more consumers shows above that noise, because
 there is no idle CPU for them to use. The consumers' CPU per event (all K together, each
 with its own start-up of about 0.25 s of CPU) grows with K by those start-ups only: the
-work is split, not repeated, and each consumer validates about 50,000 events per
+work is split, not repeated, and each consumer validates about 60,000 events per
 CPU-second (bench/subscribe.md). So a `$share` group scales with the CPUs given to its
-members: K consumers on K free CPUs (or hosts) carry about K x 50,000/s, up to the broker's
+members: K consumers on K free CPUs (or hosts) carry about K x 60,000/s, up to the broker's
 limit below.
 
 ## Where one mosquitto saturates
