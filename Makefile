@@ -13,9 +13,9 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64 nftables iproute2 \
 	prometheus rabbitmq-server
 
-.PHONY: setup apt venv bpf tracefs demo test unit lint schema clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost bench-killer bench-subscribe bench-fleet soak
+.PHONY: setup apt venv bpf tracefs brokers demo test unit lint schema config-doc clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost bench-killer bench-subscribe bench-fleet soak
 
-setup: apt venv bpf tracefs
+setup: apt venv bpf tracefs brokers
 	$(PY) -m pip install -q -e '.[dev]'
 
 # Classic tracepoints (the probe's fallback) need tracefs, pinned probes bpffs; systemd
@@ -40,6 +40,21 @@ $(VENV)/bin/python:
 # The package and the dev tools in the venv, once, for `make unit` (which needs nothing else).
 $(VENV)/bin/pytest: | $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[dev]'
+
+# The conformance suite's other brokers (tests/system/test_broker_conformance.py), pinned in
+# tests/brokers/: aedes from npm (lockfile) and amqtt from PyPI in a venv of its own (it pins
+# its own dependencies). RabbitMQ and mosquitto come from apt.
+brokers: build/aedes/.done build/amqtt/.done
+build/aedes/.done: tests/brokers/package.json tests/brokers/package-lock.json | build/.apt-done
+	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm
+	@mkdir -p build/aedes
+	cp tests/brokers/package.json tests/brokers/package-lock.json build/aedes/
+	cd build/aedes && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+build/amqtt/.done: tests/brokers/amqtt-requirements.txt | build/.apt-done
+	/usr/bin/python3 -m venv build/amqtt
+	build/amqtt/bin/pip install -q -r $<
+	@touch $@
 
 $(VMLINUX):
 	@mkdir -p build
@@ -137,6 +152,10 @@ fleet-test: setup
 
 schema:
 	$(VENV)/bin/procmon schema > schemas/exit-event.v1.json
+
+# docs/config.md from the config model's field descriptions (a unit test fails when stale).
+config-doc:
+	$(VENV)/bin/procmon schema --config-reference > docs/config.md
 
 clean:
 	rm -rf build $(BPF_OUT)/*.o

@@ -12,6 +12,9 @@
  *   PROCMON_PER_THREAD, PROCMON_FAILED_ONLY  0 or 1
  *   PROCMON_TARGET_PIDNS, PROCMON_SELF_TGID  0 = off
  *   PROCMON_SELF_PIDNS                       the agent's pid namespace (with SELF_TGID)
+ *   PROCMON_TARGET_TGID                      only this process (host tgid); 0 = all
+ *   PROCMON_TARGET_CGROUP                    only tasks in this cgroup v2 id or below; 0 = all
+ *   PROCMON_TARGET_CGROUP_LEVEL              that cgroup's depth (the root is 0)
  *   PROCMON_WAKEUP_BYTES                     batch wakeups: force one after this many
  *                                            bytes queued by one CPU (see below)...
  *   PROCMON_WAKEUP_NS                        ...or when its last one is this old
@@ -70,6 +73,15 @@
 #endif
 #ifndef PROCMON_WAKEUP_NS
 #define PROCMON_WAKEUP_NS 40000000
+#endif
+#ifndef PROCMON_TARGET_TGID
+#define PROCMON_TARGET_TGID 0
+#endif
+#ifndef PROCMON_TARGET_CGROUP
+#define PROCMON_TARGET_CGROUP 0
+#endif
+#ifndef PROCMON_TARGET_CGROUP_LEVEL
+#define PROCMON_TARGET_CGROUP_LEVEL 0
 #endif
 #ifndef PROCMON_CAPTURE_EXEC
 #define PROCMON_CAPTURE_EXEC 0
@@ -437,6 +449,11 @@ static __always_inline int handle_exit(struct task_struct *task, bool group_dead
 	u32 pidns = 0, ns_pid = 0, code = 0;
 
 	if (!PROCMON_PER_THREAD && !group_dead)
+		return 0;
+	if (PROCMON_TARGET_TGID && (u32)(bpf_get_current_pid_tgid() >> 32) != PROCMON_TARGET_TGID)
+		return 0;
+	if (PROCMON_TARGET_CGROUP &&
+	    bpf_get_current_ancestor_cgroup_id(PROCMON_TARGET_CGROUP_LEVEL) != PROCMON_TARGET_CGROUP)
 		return 0;
 	PM_READ(leader, task->group_leader);
 	PM_READ(sig, task->signal);

@@ -25,6 +25,13 @@ const volatile __u32 target_pidns = 0;    /* pid-namespace inode to scope to; 0 
 const volatile __u64 wakeup_bytes = 32768;/* batch wakeups until this much is queued... */
 const volatile __u64 wakeup_ns = 40000000;/* ...or until the oldest unannounced record is this old */
 const volatile bool capture_args = true;  /* off: exec records carry the executable only */
+/* `procmon tail --pid/--cgroup`, as exitsnoop's -p and -c: only exits of this process (its
+ * tgid as the host sees it), and only of tasks in this cgroup v2 or below it (its id, the
+ * directory's inode, at its depth: the root is level 0). 0 = all. The cgroup is compared as
+ * an ancestor id, not through a cgroup-array map: a knob, so nothing to fill or pin. */
+const volatile __u32 target_tgid = 0;
+const volatile __u64 target_cgroup = 0;
+const volatile __u32 target_cgroup_level = 0;
 /* Context records (exec, cgroup) are admitted only while the ring holds less than this many
  * bytes; the rest of the ring is kept for exits, so that no flood of execs can cost an exit.
  * 0: no limit. */
@@ -309,6 +316,11 @@ static __always_inline int handle_exit(bool group_dead)
 	__u32 pidns, ns_pid, code;
 
 	if (!per_thread && !group_dead)
+		return 0;
+	if (target_tgid && task->tgid != target_tgid)
+		return 0;
+	if (target_cgroup &&
+	    bpf_get_current_ancestor_cgroup_id(target_cgroup_level) != target_cgroup)
 		return 0;
 	pid_ns_of(task->group_leader, &pidns, &ns_pid);
 	if (out_of_scope(pidns, ns_pid))

@@ -7,9 +7,9 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from procmon import __version__, sdnotify
 from procmon.assemble import attach_context, attach_probe, burst_policy, event_builder
@@ -26,7 +26,13 @@ from procmon.sinks.mqtt import AgentIdentity, MqttSink, utc_now
 from procmon.sinks.stdout import StdoutSink
 from procmon.spool import Spool, SpoolError
 
+if TYPE_CHECKING:
+    from procmon.metrics import AgentMetrics
+
 log = logging.getLogger("procmon.agent")
+
+# How often the metrics' snapshot is refreshed (a scrape reads the last one).
+METRICS_REFRESH_S = 1.0
 
 
 def _broker_options(cfg: AgentConfig) -> BrokerOptions | None:
@@ -52,6 +58,9 @@ class Agent:
         self._watchdog = sdnotify.watchdog_interval()
         self._next_ping = time.monotonic()
         self._next_stats = self._next_ping + cfg.stats_interval_s
+        # The last stats published (or, without MQTT, counted): what the stop line reports.
+        self.last_stats: dict[str, Any] = {}
+        self._next_metrics = self._next_ping
         with contextlib.ExitStack() as undo:  # on failure, release what was opened
             # Cheap, likely-to-fail checks first: credentials and spool before attaching.
             self._options = _broker_options(cfg)
@@ -67,6 +76,9 @@ class Agent:
             # Before any other thread starts: capabilities are per thread, new ones inherit.
             drop_after_seed()
             self.mqtt = self._open_mqtt(cfg, probe.backend, spool, self._options)
+            if self.mqtt is not None:
+                undo.callback(self.mqtt.close)
+            self.metrics = self._open_metrics(cfg, probe.backend)
             undo.pop_all()
         self.pipeline = Pipeline(
             probe,
@@ -76,6 +88,8 @@ class Agent:
             burst=burst_policy(cfg.probe),
             tick=self._tick,
         )
+        if self.metrics is not None:  # a scrape before the first tick finds every series
+            self.metrics.update(self.stats())
 
     def _open_mqtt(
         self, cfg: AgentConfig, backend: str, spool: Spool | None, options: BrokerOptions | None
@@ -90,6 +104,20 @@ class Agent:
         except BaseException:
             spool.close()
             raise
+
+    def _open_metrics(self, cfg: AgentConfig, backend: str) -> AgentMetrics | None:
+        m = cfg.metrics
+        if m.listen is None and m.textfile is None:
+            return None
+        from procmon.metrics import AgentMetrics  # prometheus_client only when asked for
+
+        labels = {"host": cfg.host_id, "version": __version__, "probe": backend}
+        return AgentMetrics(m.listen, m.textfile, labels, cfg.stats_interval_s)
+
+    def close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
     def _sinks(self) -> list[Sink]:
         return ([self.mqtt] if self.mqtt else []) + self.local_sinks
@@ -113,6 +141,14 @@ class Agent:
             "uptime_s": round(time.monotonic() - self._started, 3),
         }
 
+    def stats(self) -> dict[str, Any]:
+        """The numbers of a stats message, without publishing one (for the metrics)."""
+        stats: dict[str, Any] = dict(self.counters())
+        if self.mqtt is not None:
+            stats.update(self.mqtt.counters())
+            stats["connected"] = int(self.mqtt.connected)
+        return stats
+
     # --- running ----------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -129,9 +165,14 @@ class Agent:
         """Between wakeups: counters, the watchdog, a reload asked for by SIGHUP."""
         now = time.monotonic()
         if self.mqtt and (final or now >= self._next_stats):
-            self.mqtt.publish_stats(self.counters())
+            self.last_stats = self.mqtt.publish_stats(self.counters())
             self._next_stats = now + self.cfg.stats_interval_s
+        if self.metrics is not None and (final or now >= self._next_metrics):
+            self.metrics.update(self.stats(), final=final)
+            self._next_metrics = now + METRICS_REFRESH_S
         if final:
+            if self.mqtt is None:  # the counters after the last drain, for the stop line
+                self.last_stats = dict(self.counters())
             return
         if self._watchdog is not None and now >= self._next_ping:
             sdnotify.notify("WATCHDOG=1")
@@ -167,7 +208,7 @@ class Agent:
 
     def _apply(self, new: AgentConfig, options: BrokerOptions | None) -> None:
         old, self.cfg = self.cfg, new
-        setup_logging(new.log_level, timestamps=False)
+        setup_logging(new.log_level)
         pipeline = self.pipeline
         pipeline.replace(poll_interval_ms=new.probe.poll_interval_ms, burst=burst_policy(new.probe))
         if (new.probe, new.enrich) != (old.probe, old.enrich):
@@ -198,6 +239,11 @@ class Agent:
             if new.sinks != old.sinks:
                 self.local_sinks = _open_local_sinks(new)
             pipeline.replace(sinks=self._sinks())
+        if (new.metrics, new.host_id) != (old.metrics, old.host_id):
+            self.close_metrics()
+            self.metrics = self._open_metrics(new, pipeline.probe.backend)
+            if self.metrics is not None:  # no scrape of the new listener finds it empty
+                self.metrics.update(self.stats())
 
     def _retire_context(self) -> None:
         if self.context is not None:
@@ -217,6 +263,22 @@ def _open_local_sinks(cfg: AgentConfig) -> list[Sink]:
     return sinks
 
 
+def stop_line(stats: Mapping[str, Any], events_seen: int) -> str:
+    """The one line logged at stop: exits seen, published, and every drop counter."""
+    drops = ", ".join(
+        f"{stats.get(key, 0)} {what}"
+        for key, what in (
+            ("dropped_kernel", "in the kernel ring"),
+            ("dropped_queue", "unspoolable"),
+            ("dropped_spool", "from a full spool"),
+            ("dropped_context_kernel", "context records"),
+        )
+    )
+    published = stats.get("published")
+    sent = "no MQTT sink" if published is None else f"{published} published"
+    return f"stopped: {events_seen} exits seen, {sent}; dropped: {drops}"
+
+
 def run_agent(
     cfg: AgentConfig,
     config_path: Path | None = None,
@@ -227,7 +289,7 @@ def run_agent(
     Returns the process exit status: 0 after a clean stop, 1 when the probe or a sink cannot
     start, 2 for configuration problems (one line on stderr names the culprit).
     """
-    setup_logging(cfg.log_level, timestamps=False)
+    setup_logging(cfg.log_level)
     with Signals(reload=True) as signals:
         try:
             agent = Agent(cfg, signals, lambda: load_config(config_path, overrides))
@@ -237,6 +299,10 @@ def run_agent(
         except Exception as exc:  # probe attach, missing BPF object, ...
             log.error("cannot start: %s", exc)
             return EXIT_FAILURE
-        agent.run()
+        try:
+            agent.run()
+        finally:
+            agent.close_metrics()
+    log.info("%s", stop_line(agent.last_stats, agent.events_seen))
     print(f"Total process exits monitored: {agent.events_seen}", flush=True)
     return EXIT_OK

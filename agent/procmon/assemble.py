@@ -3,6 +3,7 @@ the probe, enrichment and pipeline take, shared by `procmon agent` and `procmon 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Literal
 
@@ -11,6 +12,7 @@ from procmon.enrich.context import ContextSettings, ProcessContext, open_context
 from procmon.event import EventBuilder
 from procmon.pipeline import BurstPolicy
 from procmon.probe import Probe, ProbeKnobs, open_probe
+from procmon.probe.cgroup_target import CgroupTarget
 from procmon.probe.knobs import own_pidns_inode, power_of_two
 
 
@@ -48,8 +50,22 @@ def burst_policy(cfg: ProbeConfig) -> BurstPolicy:
     )
 
 
-def attach_probe(cfg: ProbeConfig, enrich: EnrichConfig) -> Probe:
-    return open_probe(cfg.backend, probe_knobs(cfg, enrich), cfg.pin_dir)
+def attach_probe(
+    cfg: ProbeConfig,
+    enrich: EnrichConfig,
+    target_tgid: int = 0,
+    cgroup: CgroupTarget | None = None,
+) -> Probe:
+    """``target_tgid`` and ``cgroup``: `procmon tail --pid/--cgroup`, filtered in the kernel."""
+    knobs = probe_knobs(cfg, enrich)
+    if target_tgid or cgroup is not None:
+        knobs = dataclasses.replace(
+            knobs,
+            target_tgid=target_tgid,
+            target_cgroup=cgroup.cgroup_id if cgroup else 0,
+            target_cgroup_level=cgroup.level if cgroup else 0,
+        )
+    return open_probe(cfg.backend, knobs, cfg.pin_dir)
 
 
 def attach_context(enrich: EnrichConfig, probe: Probe) -> ProcessContext | None:

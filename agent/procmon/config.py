@@ -44,52 +44,161 @@ def check_topic_level(value: str, what: str) -> str:
     return value
 
 
+def listen_address(listen: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or a bare port (127.0.0.1); ValueError names the fault."""
+    host, sep, port = listen.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", listen
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise ValueError(f"{listen!r}: no host before ':' (write 127.0.0.1:PORT, or just PORT)")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{listen!r}: the port must be 1-65535")
+    return host, int(port)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ProbeConfig(_Section):
-    backend: Literal["auto", "core", "bcc"] = "auto"
-    per_thread: bool = False
-    failed_only: bool = False
-    # Report only processes in the agent's own pid namespace (container hosts sharing a kernel).
-    pidns_scope: bool = False
-    exclude_self: bool = True
-    ring_size_kb: int = Field(default=4096, ge=64, le=1 << 20)
-    wakeup_bytes: int = Field(default=32768, ge=0)
-    # The longest a record waits in the ring for a wakeup: latency against CPU, as each
-    # wakeup's fixed cost outweighs many exits' own (docs/design.md).
-    wakeup_latency_ms: int = Field(default=40, ge=0, le=5000)
-    poll_interval_ms: int = Field(default=100, ge=1, le=5000)
-    # Above this many records a second, records wait in the ring so the workload keeps the
-    # CPU, until the burst ends, the ring is burst_fill_pct full or burst_max_ms passed. 0: off.
-    burst_rate: int = Field(default=10000, ge=0)
-    burst_max_ms: int = Field(default=2000, ge=0, le=10000)
-    burst_fill_pct: int = Field(default=90, ge=10, le=95)
-    # Exec and cgroup records enter the ring only while it is less than this full; the rest
-    # is kept for exits, so a flood of execs costs context (counted), never an exit. 0: off.
-    context_fill_pct: int = Field(default=50, ge=0, le=95)
-    # Who sent the signal a process died of, and OOM kills (signal_generate, mark_victim).
-    capture_killer: bool = True
-    # bpffs directory (e.g. /sys/fs/bpf/procmon) where the CO-RE probe stays attached across
-    # agent restarts, so exits during a restart wait in the ring. None: detach on exit.
-    pin_dir: Path | None = None
+    """The eBPF probe: which backend, what it reports, and how its ring buffer is drained."""
+
+    backend: Literal["auto", "core", "bcc"] = Field(
+        default="auto",
+        description="core: the CO-RE object (needs BTF); bcc: compiled on the host against its "
+        "kernel headers; auto: core where /sys/kernel/btf/vmlinux exists, else bcc.",
+    )
+    per_thread: bool = Field(
+        default=False, description="Report every thread exit too, not only process exits."
+    )
+    failed_only: bool = Field(
+        default=False,
+        description="Report only exits with a non-zero status or a signal (filtered in the "
+        "kernel).",
+    )
+    pidns_scope: bool = Field(
+        default=False,
+        description="Report only processes in the agent's own pid namespace (container hosts "
+        "sharing one kernel).",
+    )
+    exclude_self: bool = Field(default=True, description="Never report the agent's own exit.")
+    ring_size_kb: int = Field(
+        default=4096,
+        ge=64,
+        le=1 << 20,
+        description="The kernel ring buffer, rounded up to a power of two. Size it for twice "
+        "the peak exit rate times 200 bytes times the poll interval; overruns are counted "
+        "(dropped_kernel).",
+    )
+    wakeup_bytes: int = Field(
+        default=32768,
+        ge=0,
+        description="Wake the agent once this many bytes are queued in the ring (batched "
+        "wakeups: a wakeup costs the exiting task microseconds). 0: every record.",
+    )
+    # Latency against CPU: each wakeup's fixed cost outweighs many exits' own (docs/design.md).
+    wakeup_latency_ms: int = Field(
+        default=40,
+        ge=0,
+        le=5000,
+        description="The longest a record waits in the ring for a wakeup.",
+    )
+    poll_interval_ms: int = Field(
+        default=100,
+        ge=1,
+        le=5000,
+        description="How long the agent waits for a wakeup before draining anyway (and "
+        "publishing stats, petting the watchdog).",
+    )
+    burst_rate: int = Field(
+        default=10000,
+        ge=0,
+        description="Records a second that make a burst: records then wait in the ring so the "
+        "workload keeps the CPU, until the burst ends, the ring is burst_fill_pct full or "
+        "burst_max_ms passed. 0: off.",
+    )
+    burst_max_ms: int = Field(
+        default=2000, ge=0, le=10000, description="The longest a burst's drain is put off."
+    )
+    burst_fill_pct: int = Field(
+        default=90,
+        ge=10,
+        le=95,
+        description="Drain a burst once the ring would be this full (percent).",
+    )
+    context_fill_pct: int = Field(
+        default=50,
+        ge=0,
+        le=95,
+        description="Exec and cgroup records enter the ring only while it is less than this "
+        "full (percent); the rest is kept for exits, so a flood of execs costs context "
+        "(dropped_context_kernel), never an exit. 0: off.",
+    )
+    capture_killer: bool = Field(
+        default=True,
+        description="Record who sent the signal a process died of, and OOM kills "
+        "(signal_generate, mark_victim): killer, exit_reason, oom_killed.",
+    )
+    pin_dir: Path | None = Field(
+        default=None,
+        description="bpffs directory (e.g. /sys/fs/bpf/procmon) where the CO-RE probe stays "
+        "attached across agent restarts, so exits during a restart wait in the ring. Unset: "
+        "detach at exit.",
+    )
 
 
 class MqttConfig(_Section):
-    broker: str = "mqtt://127.0.0.1:1883"
-    prefix: str = "procmon"
-    protocol: Literal["5", "3.1.1"] = "5"
-    client_id: str | None = None
-    username: str | None = None
-    password_file: Path | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
-    message_expiry_s: int = Field(default=0, ge=0)
-    max_inflight: int = Field(default=256, ge=1, le=65535)
-    reconnect_max_s: int = Field(default=30, ge=1, le=3600)
+    """The MQTT sink: the broker, the topics, credentials and TLS."""
+
+    broker: str = Field(
+        default="mqtt://127.0.0.1:1883",
+        description="mqtt://HOST:PORT or mqtts://HOST:PORT (TLS).",
+    )
+    prefix: str = Field(
+        default="procmon",
+        description="First topic level: `<prefix>/<host_id>/exits`, `.../status`, `.../stats`.",
+    )
+    protocol: Literal["5", "3.1.1"] = Field(default="5", description="The MQTT version spoken.")
+    client_id: str | None = Field(
+        default=None, description="MQTT client id. Unset: `procmon-<host_id>`."
+    )
+    username: str | None = Field(default=None, description="MQTT user name.")
+    password_file: Path | None = Field(
+        default=None,
+        description="File holding the MQTT password (refused when others can read it).",
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA certificate(s) to verify an mqtts:// broker. Unset: the system's.",
+    )
+    cert_file: Path | None = Field(default=None, description="Client certificate for mutual TLS.")
+    key_file: Path | None = Field(
+        default=None,
+        description="The client certificate's key (refused when others can read it).",
+    )
+    keepalive_s: int = Field(
+        default=30, ge=5, le=3600, description="MQTT keepalive: a dead link is noticed after 1.5x."
+    )
+    message_expiry_s: int = Field(
+        default=0,
+        ge=0,
+        description="MQTT 5 message expiry of each event: brokers drop events older than this "
+        "for consumers that were away. 0: none.",
+    )
+    max_inflight: int = Field(
+        default=256,
+        ge=1,
+        le=65535,
+        description="Events sent and not yet acknowledged, at most (the broker may ask for fewer).",
+    )
+    reconnect_max_s: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="Reconnection backoff ceiling; events wait in the spool meanwhile.",
+    )
 
     @field_validator("broker")
     @classmethod
@@ -107,30 +216,71 @@ class MqttConfig(_Section):
 
 
 class SpoolConfig(_Section):
-    path: Path = Path("/var/lib/procmon/spool.db")
-    max_events: int = Field(default=1_000_000, ge=100)
-    # Payload bytes on disk, whatever the events' size (one can reach ~8 KB): past either
-    # bound the oldest events are dropped and counted (dropped_spool).
-    max_bytes: int = Field(default=512 << 20, ge=1 << 20)
+    """The durable queue between the probe and the broker: events leave it on PUBACK."""
+
+    path: Path = Field(
+        default=Path("/var/lib/procmon/spool.db"), description="The SQLite spool file."
+    )
+    max_events: int = Field(
+        default=1_000_000,
+        ge=100,
+        description="Past this many events the oldest are dropped and counted (dropped_spool).",
+    )
+    # Payload bytes on disk, whatever the events' size (one can reach ~100 KB).
+    max_bytes: int = Field(
+        default=512 << 20,
+        ge=1 << 20,
+        description="Past this many payload bytes the oldest events are dropped and counted "
+        "(dropped_spool).",
+    )
 
 
 class EnrichConfig(_Section):
     """Who exited: exe and args (captured at exec), cgroup path, unit and container."""
 
-    enabled: bool = True
-    # Off: exec records carry no args at all; they never leave the kernel.
-    capture_args: bool = True
-    # Regexes applied to each argument before anything leaves the host; a named group
-    # `secret` limits the replacement to that part. See procmon.enrich.redact.
-    redact: tuple[str, ...] = ContextSettings.redact
-    # Patterns applied after `redact`: add site-specific ones without restating the defaults.
-    redact_extra: tuple[str, ...] = ()
-    # An argument fully matching one of these makes the next argument secret.
-    redact_value_after: tuple[str, ...] = ContextSettings.redact_value_after
-    exec_cache_size: int = Field(default=ContextSettings.exec_cache_size, ge=64, le=1 << 22)
-    cgroup_cache_size: int = Field(default=ContextSettings.cgroup_cache_size, ge=64, le=1 << 22)
-    # How long a removed cgroup's path stays resolvable for exits still in flight.
-    cgroup_grace_s: float = Field(default=ContextSettings.cgroup_grace_s, ge=0, le=3600)
+    enabled: bool = Field(
+        default=True,
+        description="Capture exec and cgroup context: exe, args, cgroup, unit, container_id.",
+    )
+    capture_args: bool = Field(
+        default=True,
+        description="Off: exec records carry no args at all; they never leave the kernel.",
+    )
+    redact: tuple[str, ...] = Field(
+        default=ContextSettings.redact,
+        description="Regexes applied to each argument before anything leaves the host; a "
+        "named group `secret` limits the replacement to that part (procmon.enrich.redact). "
+        "Replacing them drops the built-in ones: prefer redact_extra.",
+    )
+    redact_extra: tuple[str, ...] = Field(
+        default=(),
+        description="Patterns applied after `redact`: site-specific ones, without restating "
+        "the defaults.",
+    )
+    redact_value_after: tuple[str, ...] = Field(
+        default=ContextSettings.redact_value_after,
+        description="An argument fully matching one of these makes the next argument secret "
+        "(`--password VALUE`).",
+    )
+    exec_cache_size: int = Field(
+        default=ContextSettings.exec_cache_size,
+        ge=64,
+        le=1 << 22,
+        description="Live processes' exe and args kept for their exit; past it the oldest go "
+        "(exec_cache_evicted) and their exits carry null exe/args.",
+    )
+    cgroup_cache_size: int = Field(
+        default=ContextSettings.cgroup_cache_size,
+        ge=64,
+        le=1 << 22,
+        description="cgroup ids resolved to paths, at most.",
+    )
+    cgroup_grace_s: float = Field(
+        default=ContextSettings.cgroup_grace_s,
+        ge=0,
+        le=3600,
+        description="How long a removed cgroup's path stays resolvable for exits still in flight.",
+    )
 
     @field_validator("redact", "redact_extra", "redact_value_after")
     @classmethod
@@ -140,9 +290,45 @@ class EnrichConfig(_Section):
 
 
 class SinkConfig(_Section):
-    mqtt: bool = True
-    stdout: Literal["off", "json", "human", "seed"] = "off"
-    kmsg: bool = False
+    """Where events go besides (or instead of) MQTT."""
+
+    mqtt: bool = Field(default=True, description="Publish to the MQTT broker (through the spool).")
+    stdout: Literal["off", "json", "human", "seed"] = Field(
+        default="off", description="Also write each event to stdout in this format."
+    )
+    kmsg: bool = Field(
+        default=False,
+        description="Also write the seed module's PROCESS_MONITOR lines to /dev/kmsg.",
+    )
+
+
+class MetricsConfig(_Section):
+    """The agent's own health for Prometheus: the numbers of the stats messages."""
+
+    listen: str | None = Field(
+        default=None,
+        description="Serve `/metrics` on `HOST:PORT` (`[V6]:PORT`; a bare port means 127.0.0.1). "
+        "Unset: off.",
+    )
+    textfile: Path | None = Field(
+        default=None,
+        description="Write the metrics to this `*.prom` file for node_exporter's textfile "
+        "collector (atomically, every stats_interval_s and at stop). Unset: off.",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            listen_address(value)
+        return value
+
+    @field_validator("textfile")
+    @classmethod
+    def _textfile(cls, value: Path | None) -> Path | None:
+        if value is not None and value.suffix != ".prom":
+            raise ValueError(f"{value}: node_exporter reads only *.prom files")
+        return value
 
 
 class AgentConfig(BaseSettings):
@@ -155,14 +341,26 @@ class AgentConfig(BaseSettings):
         frozen=True,
     )
 
-    host_id: str = Field(default_factory=socket.gethostname)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    stats_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    host_id: str = Field(
+        default_factory=socket.gethostname,
+        description="This host's topic level and the events' `host`. Default: the hostname.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info",
+        description="Log lines on stderr from this level up (`procmon --log-level` wins).",
+    )
+    stats_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="How often the counters are published on `<prefix>/<host_id>/stats`.",
+    )
     probe: ProbeConfig = ProbeConfig()
     mqtt: MqttConfig = MqttConfig()
     spool: SpoolConfig = SpoolConfig()
     sinks: SinkConfig = SinkConfig()
     enrich: EnrichConfig = EnrichConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("host_id")
     @classmethod

@@ -69,8 +69,13 @@ class Pipeline:
         max_events: int | None = None,
         burst: BurstPolicy | None = None,
         tick: Tick | None = None,
+        accept: Callable[[ExitEvent], bool] | None = None,
     ) -> None:
         self.probe = probe
+        # Userspace filters (`procmon tail --comm/--uid/...`): events it refuses reach no sink
+        # and do not count towards max_events; they are counted in filtered_out.
+        self.accept = accept
+        self.filtered_out = 0
         self.builder = builder
         self.sinks = list(sinks)
         self.poll_interval_ms = poll_interval_ms
@@ -169,7 +174,11 @@ class Pipeline:
                     self.counters.events_seen + len(events) >= self.max_events
                 ):
                     break
-                events.append(build(raw))
+                event = build(raw)
+                if self.accept is not None and not self.accept(event):
+                    self.filtered_out += 1
+                    continue
+                events.append(event)
                 if len(events) == CHUNK:
                     delivered += self._deliver(events)
                     events = []

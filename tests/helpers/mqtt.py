@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -31,6 +31,7 @@ from helpers.common import REPO
 from helpers.mosquitto import Mosquitto
 
 if TYPE_CHECKING:
+    from helpers.brokers import Broker
     from procmon.event import ExitEvent
 
 PY = sys.executable
@@ -108,8 +109,10 @@ class AgentProcess:
         env: dict[str, str] | None = None,
         config: str = "",
         own_pid_namespace: bool = False,
+        global_args: tuple[str, ...] = (),
     ) -> None:
         self.workdir = workdir
+        self.global_args = global_args  # procmon's own flags, before `agent` (--log-level)
         # In its own pid namespace with probe.pidns_scope, the agent reports only what runs
         # there (see Storm.start): the shared machine's other exits stay out of the test.
         self.own_pid_namespace = own_pid_namespace
@@ -137,7 +140,7 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: bool = True) -> AgentProcess:
-        cmd = [PY, "-m", "procmon.cli", "agent", "--config", str(self.config)]
+        cmd = [PY, "-m", "procmon.cli", *self.global_args, "agent", "--config", str(self.config)]
         cmd += ["--broker", self.broker_url, "--host-id", self.host_id]
         if self.own_pid_namespace:  # unshare forks the agent as pid 1 of a new namespace
             cmd = ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", *cmd]
@@ -203,21 +206,27 @@ class Received:
 
 
 class Collector:
-    """An in-process MQTT v5 subscriber keeping every message (retained ones included)."""
+    """An in-process MQTT v5 subscriber (or 3.1.1: ``protocol=``) keeping every message
+    (retained ones included)."""
 
     def __init__(
         self,
-        broker: Mosquitto,
+        broker: Mosquitto | Broker,
         topics: list[str],
         tls: bool = False,
         session: str | None = None,
         login: tuple[str, str] | None = None,
+        protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
     ) -> None:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
+        v5 = protocol == MQTTProtocolVersion.MQTTv5
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=session or "", protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=session or "",
+            protocol=protocol,
+            clean_session=None if v5 else session is None,  # MQTT 3.1.1's persistent session
         )
         if tls:
             assert broker.tls is not None
@@ -233,12 +242,15 @@ class Collector:
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
         props = None
-        if session:  # persistent: the broker queues for us while we or it are away
+        if session and v5:  # persistent: the broker queues for us while we or it are away
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 3600
-        self.client.connect_async(
-            "127.0.0.1", broker.port, clean_start=session is None, properties=props
-        )
+        if v5:
+            self.client.connect_async(
+                "127.0.0.1", broker.port, clean_start=session is None, properties=props
+            )
+        else:
+            self.client.connect_async("127.0.0.1", broker.port)
         self.client.loop_start()
         assert self._subscribed.wait(SLOW), "collector did not subscribe"
 

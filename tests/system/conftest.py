@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 
+from helpers.cgroups import remove_cgroup
 from helpers.common import REPO, require
 from helpers.mosquitto import Mosquitto, mosquitto_available
 from helpers.mqtt import AgentProcess, SubscriberProcess
 from helpers.probe_collector import Collector
 from procmon.config import EnrichConfig
+from procmon.enrich.cgroup_cache import cgroup2_mount
 from procmon.probe import ProbeKnobs
 
 # --- root and eBPF ---------------------------------------------------------------------------
@@ -115,3 +117,33 @@ def collect() -> Iterator[Callable[..., Collector]]:
     yield make
     for c in made:
         c.close()
+
+
+# --- scratch cgroups ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cgroup_root() -> Path:
+    root = cgroup2_mount()
+    if root is None:
+        pytest.fail("no cgroup v2 hierarchy mounted")
+    return Path(root)
+
+
+@pytest.fixture
+def scratch_cgroups(cgroup_root: Path) -> Iterator[Callable[[str], Path]]:
+    """Make cgroup directories (nested paths allowed); whatever is left is removed."""
+    made: list[Path] = []
+
+    def make(rel: str) -> Path:
+        path = cgroup_root / rel
+        path.mkdir(parents=True)
+        for parent in [path, *path.parents]:
+            if parent == cgroup_root:
+                break
+            made.append(parent)
+        return path
+
+    yield make
+    for path in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
+        remove_cgroup(path)

@@ -134,3 +134,27 @@ def test_check_lines_report_the_refusal(
     ok, detail = items["bcc offset guard"]
     assert not ok
     assert "task_struct.tgid: offset" in detail
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [ProbeKnobs(), ProbeKnobs(target_tgid=1234, target_cgroup=5678, target_cgroup_level=2)],
+    ids=["no filter", "tail --pid --cgroup"],
+)
+def test_tail_filters_compile_and_pass_the_verifier(
+    foreign_headers: Path, monkeypatch: pytest.MonkeyPatch, knobs: ProbeKnobs
+) -> None:
+    """The bcc mirror of `procmon tail --pid/--cgroup` (-D macros): compiled against real
+    headers and loaded by this kernel's verifier (not attached: the offsets are 6.1's)."""
+    from bcc import BPF
+
+    from procmon.probe.bcc import cflags
+
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", str(foreign_headers))
+    flags = cflags(knobs, BCC_SOURCE.parent, group_dead=True)
+    assert f"-DPROCMON_TARGET_CGROUP={knobs.target_cgroup}ULL" in flags
+    module = BPF(text=BCC_SOURCE.read_text().encode(), cflags=flags)
+    try:
+        module.load_func(b"procmon_exit_raw", BPF.RAW_TRACEPOINT)
+    finally:
+        module.cleanup()

@@ -8,13 +8,14 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 
+from helpers.cgroups import remove_cgroup, run_in_cgroup
 from helpers.common import REPO
 from helpers.mosquitto import Mosquitto
 from helpers.mqtt import SLOW, unique_host, wait_until
@@ -34,54 +35,6 @@ def event_of(c: Collector, pid: int) -> ExitEvent:
     c.poll_until(lambda evs: any(e.pid == pid for e in evs))
     (event,) = c.of_pid(pid)
     return event
-
-
-@pytest.fixture
-def cgroup_root() -> Path:
-    root = cgroup2_mount()
-    if root is None:
-        pytest.fail("no cgroup v2 hierarchy mounted")
-    return Path(root)
-
-
-@pytest.fixture
-def scratch_cgroups(cgroup_root: Path) -> Iterator[Callable[[str], Path]]:
-    """Make cgroup directories (nested paths allowed); whatever is left is removed."""
-    made: list[Path] = []
-
-    def make(rel: str) -> Path:
-        path = cgroup_root / rel
-        path.mkdir(parents=True)
-        for parent in [path, *path.parents]:
-            if parent == cgroup_root:
-                break
-            made.append(parent)
-        return path
-
-    yield make
-    for path in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
-        remove_cgroup(path)
-
-
-def remove_cgroup(path: Path) -> None:
-    """rmdir as soon as the last task has left (a moment after it is reaped)."""
-    for _ in range(100):
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.01)
-    path.rmdir()
-
-
-def run_in_cgroup(group: Path, *argv: str) -> int:
-    """Run argv inside group (the shell moves itself there, then execs): returns the pid."""
-    script = f'echo $$ > {group}/cgroup.procs && exec "$@"'
-    proc = subprocess.Popen(["/bin/sh", "-c", script, "sh", *argv])
-    proc.wait(timeout=SLOW)
-    return proc.pid
 
 
 def test_process_living_under_5ms_has_exe_and_args(collect: Callable[..., Collector]) -> None:

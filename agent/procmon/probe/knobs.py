@@ -15,6 +15,11 @@ class ProbeKnobs:
     per_thread: bool = False
     failed_only: bool = False
     target_pidns: int = 0  # 0: every pid namespace
+    # `procmon tail --pid/--cgroup`: one process (host tgid), one cgroup v2 subtree (its id
+    # and depth, see procmon.probe.cgroup_target). 0: all.
+    target_tgid: int = 0
+    target_cgroup: int = 0
+    target_cgroup_level: int = 0
     # The agent's own pid as it sees it, and its pid namespace: inside a container getpid()
     # is not the host tgid, so the probe matches the pair. self_tgid 0 reports the agent too.
     self_tgid: int = 0
@@ -43,6 +48,9 @@ class ProbeKnobs:
             "per_thread": int(self.per_thread),
             "failed_only": int(self.failed_only),
             "target_pidns": self.target_pidns,
+            "target_tgid": self.target_tgid,
+            "target_cgroup": self.target_cgroup,
+            "target_cgroup_level": self.target_cgroup_level,
             "wakeup_bytes": self.wakeup_bytes,
             "wakeup_ns": self.wakeup_ns,
             "capture_args": int(self.capture_args),
