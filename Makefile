@@ -142,7 +142,7 @@ bench-subscribe: setup
 	$(PY) bench/subscribe_throughput.py --rt
 
 # Simulated hosts (the agent's MqttSink at R exits/s each) -> one mosquitto -> $share consumers:
-# the capacity table and consumer scale-out (bench/fleet.md, bench/fleet.png; about 10 minutes).
+# the capacity table and consumer scale-out (bench/fleet.md, bench/fleet.png; about 15 minutes).
 bench-fleet: setup
 	$(PY) bench/fleet.py
 
