@@ -13,7 +13,7 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip \
 	qemu-system-x86 e2fsprogs python3-bpfcc linux-headers-amd64 nftables iproute2 \
 	prometheus rabbitmq-server
 
-.PHONY: setup apt venv bpf tracefs brokers demo test unit lint schema config-doc clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost bench-killer soak dist deb collection
+.PHONY: setup apt venv bpf tracefs brokers demo test unit lint schema config-doc clean fleet-test vm-test bench bench-quick bench-context bench-storm bench-flood bench-event-cost bench-killer soak dist deb collection bench-subscribe bench-fleet
 
 setup: apt venv bpf tracefs brokers
 	$(PY) -m pip install -q -e '.[dev]'
@@ -139,6 +139,16 @@ vm-test: setup
 # 30 minutes at 500 exits/s with the agent's RSS and CPU sampled: bench/soak.md (not in CI).
 soak: setup
 	$(PY) bench/soak.py
+
+# `procmon subscribe` draining 30,000 queued events: before/after, --dedup, mosquitto_sub
+# (bench/subscribe.md, bench/subscribe.png).
+bench-subscribe: setup
+	$(PY) bench/subscribe_throughput.py --rt
+
+# Simulated hosts (the agent's MqttSink at R exits/s each) -> one mosquitto -> $share consumers:
+# the capacity table and consumer scale-out (bench/fleet.md, bench/fleet.png; about 15 minutes).
+bench-fleet: setup
+	$(PY) bench/fleet.py
 
 # Three systemd-nspawn hosts without PyPI, deployed from the built collection (procmon.procmon.deploy)
 # and the .deb (also part of `make test`).

@@ -35,8 +35,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from procmon.probe.cgroup_target import cgroup_target
     from procmon.sinks import Sink
     from procmon.sinks.kmsg import KmsgSink
-    from procmon.sinks.stdout import StdoutSink, TextFormat
+    from procmon.sinks.stdout import StdoutSink, use_color
 
+    fmt = _text_format(args, "tail", default="human")
     cfg = ProbeConfig(
         backend=args.backend,
         per_thread=args.per_thread,
@@ -53,8 +54,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     with Signals() as stop:
         probe = attach_probe(cfg, enrich, target_tgid=args.pid or 0, cgroup=cgroup)
         log.info("attached %s backend in %.3f s", probe.backend, probe.attach_seconds)
-        fmt: TextFormat = "json" if args.json else args.format
-        sinks: list[Sink] = [StdoutSink(fmt, sys.stdout.buffer)]
+        color = use_color(args.color, sys.stdout)
+        sinks: list[Sink] = [StdoutSink(fmt, sys.stdout.buffer, color)]
         if args.kmsg:
             sinks.append(KmsgSink())
         builder = event_builder(args.host_id or _hostname(), probe, attach_context(enrich, probe))
@@ -131,6 +132,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_subscribe(args: argparse.Namespace) -> int:
     from procmon.subscribe import run_subscribe
 
+    fmt = _text_format(args, "subscribe", default="json")
     return run_subscribe(
         broker=args.broker,
         topic_filter=args.filter,
@@ -146,7 +148,25 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         client_id=args.client_id,
         protocol=args.protocol,
         max_packet_size=args.max_packet_size,
+        fmt=fmt,
+        color=args.color,
+        host_glob=args.host,
+        failed_only=args.failed,
+        metrics_listen=args.metrics,
     )
+
+
+class FlagConflict(Exception):
+    """Two flags that ask for different things (one line, exit status 2)."""
+
+
+def _text_format(args: argparse.Namespace, command: str, default: str) -> Any:
+    """--json is --format json; with another --format it is refused, not silently chosen."""
+    if args.json and args.format not in (None, "json"):
+        raise FlagConflict(
+            f"procmon {command}: --json and --format {args.format} conflict: give one of them"
+        )
+    return "json" if args.json else (args.format or default)
 
 
 # --- check / schema ------------------------------------------------------------------------
@@ -211,14 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     tail = _command(sub, "tail", "stream process exits from this host")
-    tail.add_argument("--json", action="store_true", help="one JSON event per line")
-    tail.add_argument(
-        "--format",
-        choices=["human", "json", "seed"],
-        default="human",
-        help="human: one line per exit; json: one ExitEvent per line; seed: the kernel "
-        "module's PROCESS_MONITOR lines (default: human)",
-    )
+    tail.add_argument("--json", action="store_true", help="one JSON event per line (--format json)")
+    _add_format(tail, "human")
     tail.add_argument("--failed", action="store_true", help="only non-zero exits and signals")
     tail.add_argument("--per-thread", action="store_true", help="every thread exit")
     tail.add_argument(
@@ -296,17 +310,65 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent.set_defaults(func=cmd_agent)
 
-    subscribe = sub.add_parser("subscribe", help="validated JSON lines from the bus")
-    subscribe.add_argument("filter", nargs="?", default="procmon/+/exits")
-    subscribe.add_argument("--broker", default="mqtt://127.0.0.1:1883")
-    subscribe.add_argument("--count", type=_positive_int, help="exit after N events")
-    subscribe.add_argument("--timeout", type=float, help="exit after S seconds")
-    subscribe.add_argument("--output", type=Path, help="append JSON lines here (default stdout)")
-    subscribe.add_argument("--dedup", action="store_true", help="drop repeated event_ids")
-    subscribe.add_argument(
-        "--client-id", help="a persistent session: the broker keeps events while you are away"
+    subscribe = sub.add_parser(
+        "subscribe",
+        help="validated exits from the bus: JSON lines, or lines a person reads",
+        description="Read exits from MQTT, validate each against the ExitEvent model, and "
+        "write them out. Invalid, spoofed, retained and oversized messages are counted and "
+        "skipped; the counts are printed on stderr at the end.",
+        epilog=EXAMPLES["subscribe"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    subscribe.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
+    subscribe.add_argument(
+        "filter",
+        nargs="?",
+        default="procmon/+/exits",
+        help="MQTT topic filter (default procmon/+/exits; $share/GROUP/procmon/+/exits splits "
+        "the stream across consumers)",
+    )
+    subscribe.add_argument(
+        "--broker",
+        default="mqtt://127.0.0.1:1883",
+        metavar="URL",
+        help="mqtt://HOST:PORT or mqtts://HOST:PORT (default mqtt://127.0.0.1:1883)",
+    )
+    subscribe.add_argument(
+        "--count", type=_positive_int, metavar="N", help="exit after N events written"
+    )
+    subscribe.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="exit after S seconds (status 1 if --count was not reached)",
+    )
+    subscribe.add_argument(
+        "--output", type=Path, metavar="FILE", help="append lines to FILE (default stdout)"
+    )
+    subscribe.add_argument("--json", action="store_true", help="JSON lines (--format json)")
+    _add_format(subscribe, "json")
+    subscribe.add_argument(
+        "--host", metavar="GLOB", help="only hosts matching GLOB (shell pattern, e.g. 'web-*')"
+    )
+    subscribe.add_argument(
+        "--failed", action="store_true", help="only failures: a non-zero exit code or a signal"
+    )
+    subscribe.add_argument(
+        "--dedup", action="store_true", help="drop repeated (host, event_id) pairs (re-sends)"
+    )
+    subscribe.add_argument(
+        "--client-id",
+        metavar="ID",
+        help="a persistent session: the broker keeps events while you are away",
+    )
+    subscribe.add_argument(
+        "--protocol", choices=["5", "3.1.1"], default="5", help="MQTT version (default 5)"
+    )
+    subscribe.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics here: exits by host, unit and outcome, agents' drop "
+        "counters, hosts online (a bare PORT means 127.0.0.1)",
+    )
     subscribe.add_argument(
         "--max-packet-size",
         type=_positive_int,
@@ -341,6 +403,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_format(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--format",
+        choices=["human", "json", "seed"],
+        help=f"human: one line per exit; json: one event per line; seed: the kernel "
+        f"module's PROCESS_MONITOR lines (default {default})",
+    )
+    parser.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="colour failures in the human format (default auto: on a terminal, unless "
+        "NO_COLOR is set)",
+    )
+
+
 EXAMPLES: dict[str, str] = {
     "procmon": """examples:
   procmon tail --failed                 this host's failed exits, as they happen
@@ -370,6 +448,14 @@ EXAMPLES: dict[str, str] = {
   procmon schema > exit-event.v1.json
   procmon schema | jq '.properties | keys'
   procmon schema --config-reference > docs/config.md""",
+    "subscribe": """examples:
+  procmon subscribe --format human                     # watch every host's exits
+  procmon subscribe --format human --failed --host 'web-*'
+  procmon subscribe --client-id central --dedup --output /var/log/procmon/exits.jsonl
+  procmon subscribe '$share/central/procmon/+/exits' --client-id central-2 --output exits.jsonl
+  procmon subscribe --metrics 127.0.0.1:9470 --output /dev/null   # Prometheus scrapes :9470
+  procmon subscribe --broker mqtts://broker:8883 --ca-file ca.crt --username central \\
+      --password-file /etc/procmon/central.pw""",
 }
 
 
@@ -447,6 +533,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"procmon: error: {exc}", file=sys.stderr)
         usage = (ConfigError, FilterError, CgroupTargetError)
         return EXIT_CONFIG if isinstance(exc, usage) else EXIT_FAILURE
+    except FlagConflict as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 

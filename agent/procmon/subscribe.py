@@ -1,21 +1,32 @@
-"""`procmon subscribe`: validated ExitEvents from the bus as JSON lines, for log shippers.
+"""`procmon subscribe`: validated ExitEvents from the bus as JSON lines (for log shippers), or
+human or seed lines, optionally filtered (host glob, failures only), with fleet metrics.
 
 Every message is validated against ExitEvent. Bad ones (not JSON, wrong fields, another
 schema, over the size bound, retained, or speaking for another host than its topic's) are
 counted, reported on stderr (rate-limited) and skipped; the consumer keeps going.
 ``$share/<group>/<filter>`` splits one stream across consumers; ``dedup`` drops repeated
 (host, event_id) pairs (at-least-once delivery re-sends after outages) in a bounded window.
+
+Throughput: messages arrive in batches (bounded_client.BoundedClient); each batch's lines are
+written with one write and one flush, and only then acknowledged with one write of PUBACKs. A
+batch ends when the socket has nothing more to read or after BATCH messages, so a line waits
+at most one batch's work (tens of milliseconds) before it reaches the file.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import fnmatch
+import functools
+import gc
 import logging
+import re
 import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,7 +38,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
-from procmon.bounded_client import BoundedClient
+from procmon.bounded_client import USER_PROPERTY, BoundedClient, Publish, WireProperties
 from procmon.broker_url import (
     BrokerConfigError,
     BrokerOptions,
@@ -37,7 +48,9 @@ from procmon.broker_url import (
 )
 from procmon.event import SCHEMA_ID, ExitEvent
 from procmon.exit_status import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from procmon.fleet_metrics import FleetMetrics, side_filters
 from procmon.signals import Signals
+from procmon.sinks.stdout import ColorChoice, TextFormat, failed, render, use_color
 
 log = logging.getLogger("procmon.subscribe")
 
@@ -46,6 +59,7 @@ DEDUP_WINDOW = 100_000  # event ids remembered; re-deliveries come within minute
 SESSION_EXPIRY_S = 7 * 24 * 3600  # a named consumer's queue survives a week of downtime
 
 _to_json = ExitEvent.__pydantic_serializer__.to_json
+_validate_json = ExitEvent.__pydantic_validator__.validate_json
 
 
 @dataclass
@@ -58,6 +72,10 @@ class SubscribeCounters:
     wrong_schema: int = 0
     spoofed: int = 0  # the event's host is not its topic's host level
     retained: int = 0  # a retained message on an exits topic: a replay, never a live exit
+    filtered: int = 0  # valid, but not what --host or --failed asked for
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def summary(self) -> str:
         parts = ", ".join(
@@ -91,7 +109,7 @@ class RateLimitedLines:
 
 
 class ExitConsumer:
-    """Validates messages and writes accepted events as JSON lines."""
+    """Validates messages and writes accepted events, one line each, at each ``flush()``."""
 
     def __init__(
         self,
@@ -99,14 +117,28 @@ class ExitConsumer:
         dedup: bool,
         dedup_window: int = DEDUP_WINDOW,
         max_payload: int = MAX_PACKET,
+        fmt: TextFormat = "json",
+        color: bool = False,
+        host_glob: str | None = None,
+        failed_only: bool = False,
+        metrics: FleetMetrics | None = None,
     ) -> None:
         self.out = out
         self.counters = SubscribeCounters()
         self._dedup = dedup
-        self._seen: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        # Keys are "host/event_id" strings, not tuples: the garbage collector does not walk
+        # strings, and a full window of tuples made each of its passes cost milliseconds.
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._dedup_window = dedup_window
         self._max_payload = max_payload
         self._problems = RateLimitedLines()
+        self._fmt: TextFormat = fmt
+        self._color = color
+        self._host_match = re.compile(fnmatch.translate(host_glob)).match if host_glob else None
+        self._failed_only = failed_only
+        self._metrics = metrics
+        self._pending: list[bytes] = []
+        self._reported = self.counters.as_dict()
 
     def oversized(self, topic: str, size: int) -> None:
         """A message too large to hold, dropped before it was read whole."""
@@ -123,7 +155,7 @@ class ExitConsumer:
         schema_property: str | None = None,
         retained: bool = False,
     ) -> bool:
-        """Returns True when the message was written out."""
+        """Returns True when the message was accepted: its line goes out at ``flush()``."""
         c = self.counters
         if len(payload) > self._max_payload:
             self.oversized(topic, len(payload))
@@ -138,7 +170,7 @@ class ExitConsumer:
             self._problems.report(f"skipped: message on {topic} has schema {schema_property!r}")
             return False
         try:
-            event = ExitEvent.model_validate_json(payload)
+            event: ExitEvent = _validate_json(payload)
         except ValidationError as exc:
             self._reject(topic, len(payload), exc)
             return False
@@ -147,13 +179,42 @@ class ExitConsumer:
             c.spoofed += 1
             self._problems.report(f"skipped: event on {topic} speaks for host {event.host!r}")
             return False
-        if self._dedup and self._is_duplicate((host, event.event_id)):
+        if self._dedup and self._is_duplicate(f"{host}/{event.event_id}"):
             c.duplicates += 1
             return False
-        self.out.write(_to_json(event) + b"\n")
-        self.out.flush()  # shippers tail the file: a line is only useful once it is there
+        if (self._host_match and not self._host_match(host)) or (
+            self._failed_only and not failed(event)
+        ):
+            c.filtered += 1
+            return False
+        # Serialised again, not the payload's bytes: what goes out is exactly what was
+        # validated (a payload could repeat a key, and readers disagree on which one wins).
+        if self._fmt == "json":
+            self._pending.append(_to_json(event) + b"\n")
+        else:
+            self._pending.append(render(event, self._fmt, self._color))
+        if self._metrics is not None:
+            self._metrics.exit(event)
         c.written += 1
         return True
+
+    def bad_properties(self, topic: str) -> None:
+        """MQTT 5 properties that did not decode: the message cannot be trusted."""
+        self.counters.received += 1
+        self.counters.invalid += 1
+        self._problems.report(f"skipped: message on {topic} with malformed MQTT 5 properties")
+
+    def flush(self) -> None:
+        """Write the accepted lines and flush: shippers tail the file."""
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self.out.write(data)
+            self.out.flush()
+        if self._metrics is not None:
+            now = self.counters.as_dict()
+            self._metrics.messages(now, self._reported)
+            self._reported = now
 
     def _reject(self, topic: str, size: int, exc: ValidationError) -> None:
         first = exc.errors()[0]
@@ -167,8 +228,9 @@ class ExitConsumer:
             what = f"invalid event: {where}: {first['msg']}{more}"
         self._problems.report(f"skipped: {size}-byte message on {topic}: {what}")
 
-    def _is_duplicate(self, key: tuple[str, str]) -> bool:
-        """Keyed by the topic's host too: another host cannot shadow this one's events."""
+    def _is_duplicate(self, key: str) -> bool:
+        """Keyed by the topic's host too (a topic level has no "/"): another host cannot
+        shadow this one's events."""
         seen = self._seen
         if key in seen:
             seen.move_to_end(key)
@@ -179,10 +241,12 @@ class ExitConsumer:
         return False
 
 
+@functools.lru_cache(maxsize=65536)  # one entry per host's topic
 def topic_host(topic: str) -> str:
     """The host level of ``<prefix>/<host>/exits``: the one the broker's ACL vouches for."""
-    levels = topic.split("/")
-    return levels[-2] if len(levels) >= 3 else ""
+    rest, _, _ = topic.rpartition("/")
+    _, sep, host = rest.rpartition("/")
+    return host if sep else ""
 
 
 # Room for a few thousand events in our kernel buffer: while this consumer is stalled (a busy
@@ -200,10 +264,12 @@ def _enlarge_receive_buffer(client: mqtt.Client, userdata: Any, sock: Any) -> No
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
 
-def _schema_property(message: mqtt.MQTTMessage) -> str | None:
-    for key, value in getattr(message.properties, "UserProperty", None) or []:
-        if key == "schema":
-            return str(value)
+def _schema_property(properties: WireProperties) -> str | None:
+    pairs = properties.get(USER_PROPERTY)
+    if isinstance(pairs, list):
+        for key, value in pairs:
+            if key == "schema":
+                return str(value)
     return None
 
 
@@ -219,12 +285,18 @@ class _Subscriber:
         client_id: str | None,
         protocol: str,
         max_packet: int = MAX_PACKET,
+        metrics: FleetMetrics | None = None,
     ) -> None:
         self.consumer = consumer
         self.count = count
         self.done = threading.Event()
         self.failed: str | None = None
         self._filter = topic_filter
+        self._metrics = metrics
+        # With metrics, the hosts' stats and retained status too (never shared: every
+        # consumer of a $share group reports every host).
+        self._side = side_filters(topic_filter) if metrics else []
+        self._count_reached = False
         self._v5 = protocol == "5"
         self._reporter = ConnectionReporter(log, options.url, "retrying")
         self._reporter.warn_plain_credentials(options.username)
@@ -237,6 +309,8 @@ class _Subscriber:
             manual_ack=True,
             max_packet=max_packet,
             on_oversized=lambda topic, size, retained: consumer.oversized(topic, size),
+            on_publishes=self._on_publishes,
+            after_batch=self._after_batch,
         )
         options.apply(self.client)
         self.client.reconnect_delay_set(1, 10)
@@ -244,7 +318,6 @@ class _Subscriber:
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_subscribe = self._on_subscribe
-        self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
         self.client.on_socket_open = _enlarge_receive_buffer
         props = None
@@ -276,7 +349,7 @@ class _Subscriber:
             return
         self._reporter.connected()
         # Always (re)subscribe: a broker restarted without persistence forgot the session.
-        client.subscribe(self._filter, qos=1)
+        client.subscribe([(f, 1) for f in (self._filter, *self._side)])
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self._reporter.failed(describe_connect_error(sys.exc_info()[1]))
@@ -307,21 +380,43 @@ class _Subscriber:
         else:
             log.info("subscribed to %s", self._filter)
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if self.done.is_set():
-            return  # not acked: a persistent session gets it again next time
+    def _on_publishes(self, batch: Sequence[Publish]) -> int:
+        """Handle a batch, write its lines, and return how many messages were consumed
+        (acknowledged next): all of them, unless --count was reached or we are stopping."""
+        consumer, metrics = self.consumer, self._metrics
+        consumed = 0
         try:
-            self.consumer.handle(
-                message.topic, message.payload, _schema_property(message), bool(message.retain)
-            )
+            for message in batch:
+                if self.done.is_set() or self._count_reached:
+                    break  # not acked: a persistent session gets it again next time
+                consumed += 1
+                kind = message.topic.rpartition("/")[2]
+                if metrics is not None and kind in ("stats", "status"):
+                    metrics.side_message(topic_host(message.topic), kind, message.payload)
+                    continue
+                if message.properties is None:
+                    consumer.bad_properties(message.topic)
+                    continue
+                consumer.handle(
+                    message.topic,
+                    message.payload,
+                    _schema_property(message.properties),
+                    message.retain,
+                )
+                if self.count is not None and consumer.counters.written >= self.count:
+                    self._count_reached = True
+        except Exception:
+            log.exception("cannot handle a message on %s", batch[consumed - 1].topic)
+            consumed -= 1  # that one and the rest stay unacknowledged
+        try:
+            consumer.flush()
         except BrokenPipeError:  # the reader went away (`| head`)
             self.done.set()
-            return
-        except Exception:
-            log.exception("cannot handle a message on %s", message.topic)
-            return
-        client.ack(message.mid, message.qos)  # written, or counted as bad: consumed
-        if self.count is not None and self.consumer.counters.written >= self.count:
+            return 0
+        return consumed
+
+    def _after_batch(self) -> None:
+        if self._count_reached:  # the batch's PUBACKs are queued: disconnect() follows them
             self.done.set()
 
 
@@ -340,8 +435,13 @@ def run_subscribe(
     client_id: str | None = None,
     protocol: str = "5",
     max_packet_size: int = MAX_PACKET,
+    fmt: TextFormat = "json",
+    color: ColorChoice = "auto",
+    host_glob: str | None = None,
+    failed_only: bool = False,
+    metrics_listen: str | None = None,
 ) -> int:
-    """Write validated events as JSON lines to ``output`` (appending) or stdout.
+    """Write validated events (``fmt`` lines) to ``output`` (appending) or stdout.
 
     Stops after ``count`` events, ``timeout`` seconds, SIGINT or SIGTERM. ``client_id`` makes
     a persistent session: the broker queues events while this consumer is away. Returns 0,
@@ -357,8 +457,30 @@ def run_subscribe(
     except OSError as exc:
         print(f"procmon subscribe: output {output}: {exc.strerror}", file=sys.stderr)
         return EXIT_CONFIG
-    consumer = ExitConsumer(out, dedup, max_payload=max_packet_size)
-    sub = _Subscriber(options, topic_filter, consumer, count, client_id, protocol, max_packet_size)
+    metrics: FleetMetrics | None = None
+    if metrics_listen:
+        metrics = FleetMetrics()
+        try:
+            metrics.serve(metrics_listen)
+        except (ValueError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            print(f"procmon subscribe: --metrics {metrics_listen}: {reason}", file=sys.stderr)
+            return EXIT_CONFIG
+    consumer = ExitConsumer(
+        out,
+        dedup,
+        max_payload=max_packet_size,
+        fmt=fmt,
+        color=use_color(color, out),
+        host_glob=host_glob,
+        failed_only=failed_only,
+        metrics=metrics,
+    )
+    sub = _Subscriber(
+        options, topic_filter, consumer, count, client_id, protocol, max_packet_size, metrics
+    )
+    # What is loaded now lives until exit: the collector need not walk it at every pass.
+    gc.freeze()
     with Signals(on_stop=sub.done.set):
         sub.client.loop_start()
         try:

@@ -80,7 +80,7 @@ def test_tail_human_names_the_killer() -> None:
     tail.send_signal(signal.SIGINT)
     tail.communicate(timeout=30)
     assert f"pid={victim} " in line, "no event for the victim"
-    assert f"sleep killed by SIGKILL from pid {shell_pid} (sh, uid 0) " in line
+    assert f" sleep pid={victim} killed by SIGKILL from pid {shell_pid} (sh, uid 0) age=" in line
 
 
 @pytest.mark.bpf

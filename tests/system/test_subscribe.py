@@ -128,3 +128,47 @@ def test_cli_subscribe_writes_to_stdout(broker: Mosquitto, mosquitto_ready: None
     assert proc.returncode == 0, err
     assert json.loads(out.splitlines()[0])["host"] == "h9"
     assert b"1 written" in err
+
+
+def test_count_acknowledges_only_what_was_written(broker: Mosquitto, subscribers: Any) -> None:
+    """Messages arrive and are acknowledged in batches: with --count, the batch's messages
+    after the count are not acknowledged, so the persistent session gives them to the next
+    run. Nothing lost, nothing twice."""
+    first = subscribers("b0", broker.url, client_id="procmon-batch-consumer")
+    assert first.stop() == 0
+    publish_raw(broker, [("procmon/h1/exits", event_json(n), None) for n in range(1, 201)])
+    some = subscribers("b1", broker.url, client_id="procmon-batch-consumer", count=30)
+    assert some.proc.wait(timeout=SLOW) == 0
+    rest = subscribers("b2", broker.url, client_id="procmon-batch-consumer", count=170)
+    assert rest.proc.wait(timeout=SLOW) == 0
+    assert [e["pid"] for e in some.events()] == list(range(1, 31))
+    assert [e["pid"] for e in rest.events()] == list(range(31, 201))
+
+
+def test_cli_human_format_with_host_and_failed_filters(
+    broker: Mosquitto, mosquitto_ready: None
+) -> None:
+    cmd = [PY, "-m", "procmon.cli", "subscribe", "--broker", broker.url, "--format", "human"]
+    cmd += ["--host", "web-*", "--failed", "--count", "1", "--color", "always"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+
+        def publish_and_check() -> bool:
+            publish_raw(
+                broker,
+                [
+                    ("procmon/db-1/exits", event_json(3, "db-1"), None),  # another host
+                    ("procmon/web-1/exits", event_json(256, "web-1"), None),  # exit code 0
+                    ("procmon/web-1/exits", event_json(7, "web-1"), None),
+                ],
+            )
+            return proc.poll() is not None
+
+        wait_until(publish_and_check, SLOW, "the CLI subscriber to take one event")
+        out, err = proc.communicate(timeout=SLOW)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    (line,) = out.decode().splitlines()
+    assert " web-1 - sample pid=7 \x1b[31mexit code 7\x1b[0m age=" in line
+    assert b"1 written" in err and b" filtered" in err

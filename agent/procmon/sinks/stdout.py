@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import calendar
+import os
 import shlex
+import time
 from collections.abc import Sequence
-from typing import BinaryIO, Literal
+from typing import IO, Any, BinaryIO, Literal
 
 from procmon.event import ExitEvent
 
 TextFormat = Literal["json", "human", "seed"]
+ColorChoice = Literal["auto", "always", "never"]
 SEED_PREFIX = "PROCESS_MONITOR:"
 
 
@@ -56,42 +60,115 @@ def seed_total_line(total: int) -> str:
     return f"{SEED_PREFIX} Total process exits monitored: {total}"
 
 
-def human_line(event: ExitEvent) -> str:
+def human_line(event: ExitEvent, color: bool = False) -> str:
+    """One line a person reads: when (local time and its zone), where (host, then the systemd
+    unit, the container or "-"), what (comm, pid; tid for a per-thread record), how it ended,
+    its age, and the executable with its arguments when known. Failures in red with
+    ``color``."""
     how = reason_text(event)
-    comm = _printable_comm(event)
-    line = (
-        f"{event.time[11:23]} {event.scope[0]} pid={event.pid} ppid={event.ppid} "
-        f"uid={event.uid} {comm} {how} user={event.utime_ns / 1e6:.1f}ms "
-        f"sys={event.stime_ns / 1e6:.1f}ms rss={event.max_rss_kb}kB age={event.age_ns / 1e9:.3f}s"
-    )
+    if color and failed(event):
+        how = f"{_RED}{how}{_RESET}"
     if event.unit:
-        line += f" unit={event.unit}"
-    if event.container_id:
-        line += f" container={event.container_id[:12]}"
-    command = shlex.join(event.args) if event.args else event.exe
+        where = _printable(event.unit)
+    elif event.container_id:
+        where = f"container:{event.container_id[:12]}"
+    else:
+        where = "-"
+    thread = f" tid={event.tid}" if event.scope == "thread" else ""
+    stamp = local_time(event.time)
+    if color:
+        stamp = f"{_DIM}{stamp}{_RESET}"
+    line = (
+        f"{stamp} {event.host} {where} {_printable_comm(event)} pid={event.pid}{thread} "
+        f"{how} age={age_text(event.age_ns)}"
+    )
+    command = _command(event)
     if command:
-        line += " : " + (command if command.isprintable() else repr(command))
+        line += " : " + _printable(command)
     return line
 
 
-def render(event: ExitEvent, fmt: TextFormat) -> bytes:
+_RED = "\x1b[31m"
+_DIM = "\x1b[2m"
+_RESET = "\x1b[0m"
+
+
+def failed(event: ExitEvent) -> bool:
+    """A non-zero exit code or a signal: what ``--failed`` keeps."""
+    return event.exit_code != 0 or event.signal is not None
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else repr(text)
+
+
+def _command(event: ExitEvent) -> str | None:
+    """exe, then the arguments after argv[0]; argv alone when exe is unknown."""
+    if event.exe and event.args:
+        return shlex.join([event.exe, *event.args[1:]])
+    if event.args:
+        return shlex.join(event.args)
+    return event.exe
+
+
+def local_time(rfc3339: str) -> str:
+    """``2026-01-01T00:00:00.123456789Z`` as local time with its zone, to the millisecond:
+    ``00:00:00.123 UTC`` today, ``2026-01-01 00:00:00.123 UTC`` on another day."""
+    try:
+        whole = calendar.timegm(time.strptime(rfc3339[:19], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return rfc3339
+    local = time.localtime(whole)
+    today = time.localtime()
+    fmt = "%H:%M:%S" if local[:3] == today[:3] else "%Y-%m-%d %H:%M:%S"
+    return f"{time.strftime(fmt, local)}.{rfc3339[20:23] or '000'} {local.tm_zone}"
+
+
+def age_text(age_ns: int) -> str:
+    """How long the process lived: 0.004s, 12.3s, 5m02s, 3h07m, 2d04h."""
+    seconds = age_ns / 1e9
+    if seconds < 10:
+        return f"{seconds:.3f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def use_color(choice: ColorChoice, stream: IO[Any]) -> bool:
+    """--color: ``always``, ``never``, or ``auto``: on a terminal unless NO_COLOR is set
+    (no-color.org: any non-empty value)."""
+    if choice != "auto":
+        return choice == "always"
+    if os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def render(event: ExitEvent, fmt: TextFormat, color: bool = False) -> bytes:
     if fmt == "json":
         return event.__pydantic_serializer__.to_json(event) + b"\n"
     if fmt == "seed":
         return ("\n".join(seed_lines(event)) + "\n").encode("utf-8", "backslashreplace")
-    return (human_line(event) + "\n").encode("utf-8", "backslashreplace")
+    return (human_line(event, color) + "\n").encode("utf-8", "backslashreplace")
 
 
 class StdoutSink:
     """Writes each event to a binary stream (stdout by default), flushed per batch."""
 
-    def __init__(self, fmt: TextFormat, stream: BinaryIO) -> None:
+    def __init__(self, fmt: TextFormat, stream: BinaryIO, color: bool = False) -> None:
         self.fmt: TextFormat = fmt
         self.stream = stream
+        self.color = color
 
     def emit(self, events: Sequence[ExitEvent]) -> None:
-        fmt = self.fmt
-        self.stream.write(b"".join(render(ev, fmt) for ev in events))
+        fmt, color = self.fmt, self.color
+        self.stream.write(b"".join(render(ev, fmt, color) for ev in events))
         self.stream.flush()
 
     def on_stop(self, total: int) -> None:
