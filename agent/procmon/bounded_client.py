@@ -28,8 +28,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 # The project's MQTT codec, imported here only (re-exported for the subscriber).
-from procmon.sinks.mqtt_wire import USER_PROPERTY, ProtocolError, decode_properties
-from procmon.sinks.mqtt_wire import Properties as WireProperties
+from procmon.mqtt.wire import USER_PROPERTY, ProtocolError, decode_properties
+from procmon.mqtt.wire import Properties as WireProperties
 
 __all__ = ["USER_PROPERTY", "BoundedClient", "Publish", "WireProperties"]
 

@@ -39,16 +39,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from procmon.bounded_client import USER_PROPERTY, BoundedClient, Publish, WireProperties
-from procmon.broker_url import (
+from procmon.event import SCHEMA_ID, ExitEvent
+from procmon.exit_status import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from procmon.fleet_metrics import FleetMetrics, side_filters
+from procmon.mqtt.broker_url import (
     BrokerConfigError,
     BrokerOptions,
     ConnectionReporter,
     describe_connect_error,
     describe_refusal,
 )
-from procmon.event import SCHEMA_ID, ExitEvent
-from procmon.exit_status import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
-from procmon.fleet_metrics import FleetMetrics, side_filters
 from procmon.signals import Signals
 from procmon.sinks.stdout import ColorChoice, TextFormat, failed, render, use_color
 
