@@ -81,6 +81,17 @@ def test_metrics_section_only_when_a_metrics_variable_is_set() -> None:
     assert both["metrics"] == {"listen": "9787", "textfile": "/var/lib/ne/procmon.prom"}
 
 
+def test_brokers_list_replaces_the_single_broker_and_loads_as_config() -> None:
+    from procmon.config import AgentConfig
+
+    single = _render_agent_toml()["mqtt"]
+    assert "brokers" not in single and single["broker"] == "mqtts://127.0.0.1:8883"
+    urls = ["mqtts://a.example:8883", "mqtts://b.example:8883"]
+    failover = _render_agent_toml(procmon_agent_mqtt_brokers=urls)
+    assert "broker" not in failover["mqtt"] and failover["mqtt"]["brokers"] == urls
+    assert AgentConfig.model_validate(failover).mqtt.broker_urls == tuple(urls)
+
+
 def test_install_method_defaults_to_deb_when_a_deb_is_given() -> None:
     """vars/main.yml's choice, evaluated with plain Jinja."""
     text = (AGENT / "vars" / "main.yml").read_text()
