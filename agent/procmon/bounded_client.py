@@ -28,7 +28,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 # The project's MQTT codec, imported here only (re-exported for the subscriber).
-from procmon.mqtt.wire import USER_PROPERTY, ProtocolError, decode_properties
+from procmon.mqtt.wire import USER_PROPERTY, ProtocolError, decode_properties, read_varint
 from procmon.mqtt.wire import Properties as WireProperties
 
 __all__ = ["USER_PROPERTY", "BoundedClient", "Publish", "WireProperties"]
@@ -166,16 +166,10 @@ class BoundedClient(mqtt.Client):
             first = buf[pos]
             if first & 0xF0 != _PUBLISH or (first >> 1) & 3 == 2:
                 break
-            length, mult, i = 0, 1, pos + 1
-            while i < end and i - pos <= 4:
-                byte = buf[i]
-                i += 1
-                length += (byte & 0x7F) * mult
-                if not byte & 0x80:
-                    break
-                mult <<= 7
-            else:
+            found = read_varint(buf, pos + 1, end)
+            if found is None:
                 break  # the length is not all here (or malformed): paho's path decides
+            length, i = found
             if length > limit or i + length > end:
                 break
             publish = self._decode(first, buf, i, i + length)
@@ -198,16 +192,10 @@ class BoundedClient(mqtt.Client):
         body = topic_end + (2 if qos else 0)
         properties: WireProperties | None = {}
         if self._v5:
-            length, mult, i = 0, 1, body
-            while True:
-                if i >= end or i - body >= 4:
-                    return None
-                byte = buf[i]
-                i += 1
-                length += (byte & 0x7F) * mult
-                if not byte & 0x80:
-                    break
-                mult <<= 7
+            found = read_varint(buf, body, end)
+            if found is None:
+                return None
+            length, i = found
             if i + length > end:
                 return None
             properties = self._properties(bytes(buf[i : i + length])) if length else {}

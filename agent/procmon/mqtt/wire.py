@@ -394,16 +394,25 @@ def decode_properties(data: bytes | bytearray | memoryview) -> Properties:
     return props
 
 
-def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
+def read_varint(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[int, int] | None:
+    """The variable byte integer at buf[pos:end] and the position after it; None when it is
+    cut short by `end` or longer than its 4 bytes (a reader streaming packets waits or gives
+    up; the Decoder raises)."""
     value = shift = 0
-    for _ in range(4):
-        byte = view[pos]
-        pos += 1
+    for i in range(pos, min(end, pos + 4)):
+        byte = buf[i]
         value |= (byte & 0x7F) << shift
         if not byte & 0x80:
-            return value, pos
+            return value, i + 1
         shift += 7
-    raise ProtocolError("variable byte integer longer than 4 bytes")
+    return None
+
+
+def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
+    found = read_varint(view, pos, len(view))
+    if found is None:
+        raise ProtocolError("variable byte integer cut short or longer than 4 bytes")
+    return found
 
 
 def _read_bytes(view: memoryview, pos: int) -> tuple[bytes, int]:
