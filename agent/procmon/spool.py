@@ -1,28 +1,35 @@
 """The durable, bounded spool: serialized events wait here until the broker acknowledges them.
 
-SQLite in WAL mode, one transaction per batch: an agent crash loses nothing appended. Ids only
-grow, even across a replaced file, so a publisher's cursor stays valid. Layout, bounds and the
-full-disk and corrupt-file rules: docs/design.md.
+SQLite in WAL mode, one transaction per batch, and one row per batch: a row holds a run of
+consecutive event ids (an insert and a delete per batch, not per event: bench/spool_cost.md). An
+agent crash loses nothing appended. Ids only grow, even across a replaced file, so a publisher's
+cursor stays valid. Layout, bounds and the full-disk and corrupt-file rules: docs/design.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("procmon.spool")
 
-SCHEMA_VERSION = 1
+# 1: a row per event, `events(id, payload)`; 2: a row per run of consecutive ids (a batch),
+# `runs(id = the run's last id, first, sizes, payload)`. A version 1 file is converted at open.
+SCHEMA_VERSION = 2
 WAL_CHECKPOINT_PAGES = 256
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+_SIZE_TYPE = "I"  # 32-bit unsigned on every Linux ABI; payloads are far below 4 GiB
+_INSERT_RUN = "INSERT INTO runs (id, first, sizes, payload) VALUES (?, ?, ?, ?)"
 # SQLite keeps these next to the database; a stale WAL must never be applied to a new file.
 _SIDECARS = ("-wal", "-shm")
 
@@ -55,6 +62,39 @@ def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
         last = i
     runs.append((first, last))
     return runs
+
+
+def _sizes(blob: bytes) -> array[int]:
+    """A run's payload sizes, as stored (native 32-bit unsigned ints)."""
+    sizes = array(_SIZE_TYPE)
+    sizes.frombytes(blob)
+    return sizes
+
+
+def _split(first: int, sizes: bytes, payload: bytes) -> Iterator[tuple[int, bytes]]:
+    """The (id, payload) events of a run."""
+    pos = 0
+    for event_id, size in zip(itertools.count(first), _sizes(sizes)):
+        yield event_id, payload[pos : pos + size]
+        pos += size
+
+
+def _convert_v1(db: sqlite3.Connection) -> None:
+    """Version 1 rows (one per event) become one-event runs, ids and order kept."""
+    db.execute("BEGIN IMMEDIATE")
+    rows = db.execute("SELECT id, payload FROM events ORDER BY id")
+    db.executemany(
+        _INSERT_RUN,
+        ((i, i, array(_SIZE_TYPE, (len(p),)).tobytes(), p) for i, p in rows),
+    )
+    old = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    new = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()
+    if old and not new:
+        db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('runs', ?)", old)
+    elif old and new and old[0] > new[0]:
+        db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'runs'", old)
+    db.execute("DROP TABLE events")
+    db.execute("COMMIT")
 
 
 def _disk_full(exc: sqlite3.Error) -> bool:
@@ -137,12 +177,17 @@ class Spool:
             # much free disk to take the next events.
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"unknown spool schema version {version}")
+            # A run of consecutive events: ids first..id, their sizes, their payloads end to
+            # end. The id is the run's last event id: AUTOINCREMENT's sequence then records
+            # the highest id ever stored, and ids only grow.
             db.execute(
-                "CREATE TABLE IF NOT EXISTS events ("
-                "id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "first INTEGER NOT NULL, sizes BLOB NOT NULL, payload BLOB NOT NULL)"
             )
+            if version == 1:
+                _convert_v1(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             # Reads every page: a truncated or scribbled file fails here, not mid-replay.
             check = db.execute("PRAGMA quick_check").fetchone()[0]
@@ -174,19 +219,18 @@ class Spool:
         )
 
     def _count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return int(
+            self._db.execute("SELECT COALESCE(SUM(id - first + 1), 0) FROM runs").fetchone()[0]
+        )
 
-    def _payload_bytes(self, first: int = 0, last: int = -1) -> int:
-        """Payload bytes of rows first..last (all by default); length() reads no payload."""
-        row = self._db.execute(
-            "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM events WHERE id BETWEEN ? AND ?",
-            (first, last if last >= 0 else 1 << 62),
-        ).fetchone()
+    def _payload_bytes(self) -> int:
+        """Payload bytes of every stored event; length() reads no payload."""
+        row = self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM runs").fetchone()
         return int(row[0])
 
     def _sequence(self) -> int:
-        """The last id AUTOINCREMENT handed out (0 for a new file)."""
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        """The highest id ever stored (0 for a new file)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()
         return int(row[0]) if row else 0
 
     # --- use ------------------------------------------------------------------------------
@@ -292,8 +336,10 @@ class Spool:
                 batch_bytes -= len(payloads[0])
                 payloads = payloads[1:]
                 dropped += 1
-        db.executemany("INSERT INTO events (payload) VALUES (?)", zip(payloads))
-        last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0]) if payloads else 0
+        last = self._last_id + len(payloads)
+        if payloads:  # one row for the batch: an insert per batch, not per event
+            sizes = array(_SIZE_TYPE, map(len, payloads)).tobytes()
+            db.execute(_INSERT_RUN, (last, self._last_id + 1, sizes, b"".join(payloads)))
         db.execute("COMMIT")
         self._depth += len(payloads)
         self._bytes += batch_bytes
@@ -310,21 +356,59 @@ class Spool:
         ``nbytes`` payload bytes are gone (or none is left); returns (rows, bytes) deleted."""
         removed = freed = 0
         upto = protect_upto
-        sizes = self._db.execute(
-            "SELECT id, LENGTH(payload) FROM events WHERE id > ? ORDER BY id", (protect_upto,)
+        stored = self._db.execute(
+            "SELECT id, first, sizes FROM runs WHERE id > ? ORDER BY id", (protect_upto,)
         )
-        for row_id, size in sizes:
+        for _, first, sizes in stored:
+            for event_id, size in zip(itertools.count(first), _sizes(sizes)):
+                if event_id <= protect_upto:
+                    continue
+                if removed >= rows and freed >= nbytes:
+                    break
+                upto = event_id
+                removed += 1
+                freed += size
             if removed >= rows and freed >= nbytes:
                 break
-            upto = row_id
-            removed += 1
-            freed += size
-        sizes.close()
+        stored.close()
         if removed:
-            self._db.execute("DELETE FROM events WHERE id > ? AND id <= ?", (protect_upto, upto))
+            removed, freed = self._remove(protect_upto + 1, upto)
             self._depth -= removed
             self._bytes -= freed
         return removed, freed
+
+    def _remove(self, first: int, last: int) -> tuple[int, int]:
+        """Delete events first..last (ids already gone are skipped) inside the caller's
+        transaction; returns (events, payload bytes) deleted. Runs inside the range go whole;
+        a run that straddles an end is cut, its events outside the range stored again."""
+        db = self._db
+        events, nbytes = db.execute(
+            "SELECT COALESCE(SUM(id - first + 1), 0), COALESCE(SUM(LENGTH(payload)), 0) "
+            "FROM runs WHERE first >= ? AND id <= ?",
+            (first, last),
+        ).fetchone()
+        if events:
+            db.execute("DELETE FROM runs WHERE first >= ? AND id <= ?", (first, last))
+        cut = db.execute(
+            "SELECT id, first, sizes, payload FROM runs WHERE id >= ? AND first <= ?",
+            (first, last),
+        ).fetchall()
+        for row_id, row_first, sizes, payload in cut:
+            size = _sizes(sizes)
+            offsets = [0, *itertools.accumulate(size)]
+            count = row_id - row_first + 1
+            before = max(0, first - row_first)  # events row_first..first-1 stay
+            after = max(0, row_id - last)  # events last+1..row_id stay
+            events += count - before - after
+            nbytes += offsets[count - after] - offsets[before]
+            db.execute("DELETE FROM runs WHERE id = ?", (row_id,))
+            if before:
+                head = (size[:before].tobytes(), payload[: offsets[before]])
+                db.execute(_INSERT_RUN, (row_first + before - 1, row_first, *head))
+            if after:
+                tail = (size[count - after :].tobytes(), payload[offsets[count - after] :])
+                db.execute(_INSERT_RUN, (row_id, last + 1, *tail))
+        return int(events), int(nbytes)
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
@@ -352,17 +436,26 @@ class Spool:
         """A fresh file continues the old ids: publisher cursors must stay valid."""
         if last_id > 0:
             self._db.execute(
-                "INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (last_id,)
+                "INSERT INTO sqlite_sequence (name, seq) VALUES ('runs', ?)", (last_id,)
             )
 
     def read_after(self, after_id: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to limit (id, payload) rows with id > after_id, oldest first."""
         with self._lock:
+            rows: list[tuple[int, bytes]] = []
             try:
-                rows: list[tuple[int, bytes]] = self._db.execute(
-                    "SELECT id, payload FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                    (after_id, limit),
-                ).fetchall()
+                stored = self._db.execute(
+                    "SELECT id, first, sizes, payload FROM runs WHERE id > ? ORDER BY id",
+                    (after_id,),
+                )
+                for _, first, sizes, payload in stored:
+                    rows += itertools.islice(
+                        (r for r in _split(first, sizes, payload) if r[0] > after_id),
+                        limit - len(rows),
+                    )
+                    if len(rows) >= limit:
+                        break
+                stored.close()
             except sqlite3.OperationalError as exc:  # I/O error: the next call retries
                 log.error("spool %s: cannot read: %s", self.path, exc)
                 return []
@@ -371,7 +464,7 @@ class Spool:
                 return []
             if rows:
                 self._high_id = max(self._high_id, rows[-1][0])
-        return rows  # (int, bytes) already: ids are INTEGER PRIMARY KEY, payloads BLOBs
+        return rows
 
     def ack(self, ids: Sequence[int]) -> int:
         """Delete acknowledged rows; returns how many were still there."""
@@ -383,10 +476,11 @@ class Spool:
                 ids = [*ids, *self._undeleted]
             try:
                 db.execute("BEGIN IMMEDIATE")
-                runs = _runs(ids)
-                freed = sum(self._payload_bytes(first, last) for first, last in runs)
-                delete = "DELETE FROM events WHERE id BETWEEN ? AND ?"
-                removed = db.executemany(delete, runs).rowcount
+                removed = freed = 0
+                for first, last in _runs(ids):
+                    events, nbytes = self._remove(first, last)
+                    removed += events
+                    freed += nbytes
                 db.execute("COMMIT")
             except sqlite3.OperationalError as exc:
                 # The rows stay and are re-sent after a restart: a duplicate, never a loss.

@@ -581,7 +581,9 @@ def test_spool_disk_full_keeps_running_counts_and_recovers(
 def _spool_rows(path: Path) -> int:
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            # A row holds a run of consecutive events, ids first..id (procmon.spool).
+            query = "SELECT COALESCE(SUM(id - first + 1), 0) FROM runs"
+            return int(db.execute(query).fetchone()[0])
     except sqlite3.Error:
         return -1
 

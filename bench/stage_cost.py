@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""Where the agent's CPU goes, stage by stage, per event.
+
+The full pipeline's stages, each timed alone on the agent's real code with fork-storm-like
+records (a forked child of an exec'd generator: every exit joins an exec and a cgroup):
+decode (ring record -> RawExit, through the ctypes callback), join (exec and cgroup context),
+build/validate (the pydantic ExitEvent), serialise (JSON), spool write (one transaction per
+emitted batch), publish (PUBLISH encoding into the send buffer), ack/delete (the spool's
+delete of acknowledged rows, 128 at a time). Batches are what the agent hands over at 1k/s
+(one wakeup per 40 ms: 40 events) and at 5k/s (200 events). Then the whole sink against a
+real mosquitto (emit -> PUBACK -> delete), and the per-wakeup fixed cost of the live agent.
+
+Usage: .venv/bin/python bench/stage_cost.py [--no-broker] [--out bench/stage_cost.md]
+(root is needed only for the live-agent wakeup figure; without it that row is skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from procmon.enrich.context import ProcessContext
+from procmon.event import EventBuilder
+from procmon.probe.record import (
+    FLAG_GROUP_DEAD,
+    RawCgroup,
+    RawExec,
+    RawExit,
+    RecordBuffer,
+    encode_exit,
+)
+from procmon.spool import Spool
+
+BENCH = Path(__file__).resolve().parent
+N = 6000
+REPEATS = 5
+BATCHES = {"1k/s": 40, "5k/s": 200}
+CGROUP_ID = 4242
+GENERATOR = 9000
+
+
+def records(n: int) -> tuple[list[RawExec | RawCgroup], list[RawExit]]:
+    """A cgroup, the generator's exec, and n exits of children forked from it (no exec)."""
+    start = 10_000_000_000
+    context: list[RawExec | RawCgroup] = [
+        RawCgroup(False, CGROUP_ID, 1, b"/user.slice/user-0.slice/session-3.scope"),
+        RawExec(
+            start,
+            start,
+            GENERATOR,
+            b"/dev/shm/procmon-bench-x/bin/pb1a2b3c004f1w",
+            b"/dev/shm/procmon-bench-x/bin/pb1a2b3c004f1w\x0015000\x001\x000",
+            False,
+            7,
+        ),
+    ]
+    exits = [
+        RawExit(
+            ts_boot_ns=start + 1_000_000 * (i + 1),
+            start_boot_ns=start + 1_000_000 * i + 500,
+            utime_ns=0,
+            stime_ns=40_000,
+            runtime_ns=91_000,
+            max_rss_pages=300,
+            cgroup_id=CGROUP_ID,
+            pid=GENERATOR + 1 + i % 30000,
+            tid=GENERATOR + 1 + i % 30000,
+            ppid=GENERATOR,
+            uid=0,
+            gid=0,
+            exit_code=0,
+            pidns_inode=4026531836,
+            ns_pid=GENERATOR + 1 + i % 30000,
+            flags=FLAG_GROUP_DEAD,
+            comm=b"pb1a2b3c004f1w",
+            parent_comm=b"pb1a2b3c004f1w",
+            image_pid=GENERATOR,
+            image_start_ns=start,
+            image_exec_id=7,
+        )
+        for i in range(n)
+    ]
+    return context, exits
+
+
+def best_us(fn: Callable[[], object], per: int) -> float:
+    """Best of REPEATS runs of fn, in CPU microseconds per item (per items a run): CPU time,
+    not wall, as other jobs share the machine."""
+    best = float("inf")
+    for _ in range(REPEATS):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return best / per * 1e6
+
+
+def stage_costs(workdir: Path) -> tuple[dict[str, float], dict[str, dict[str, float]], int]:
+    from procmon.sinks.mqtt import _to_json  # the sink's serializer
+    from procmon.sinks.mqtt_wire import PROTOCOL_5, PublishEncoder
+
+    context_records, exits = records(N)
+    ctx = ProcessContext()
+    for rec in context_records:
+        ctx.observe(rec)
+    builder = EventBuilder("bench-host", "core", boot_id="0" * 8 + "-0000-0000-0000-" + "0" * 12)
+    builder.context = ctx
+    bare = EventBuilder("bench-host", "core", boot_id=builder.boot_id)
+
+    blobs = [encode_exit(r) for r in exits]
+    buffers = [ctypes.create_string_buffer(b, len(b)) for b in blobs]
+    addrs = [(ctypes.addressof(b), len(b)) for b in buffers]
+
+    def decode_all() -> None:
+        buf = RecordBuffer(max_batch=N + 1)
+        on_sample = buf.on_sample
+        for addr, size in addrs:
+            on_sample(None, addr, size)
+
+    events = [builder.build(r) for r in exits]
+    payloads = [_to_json(e) for e in events]
+    stages = {
+        "decode (ctypes callback, struct unpack)": best_us(decode_all, N),
+        "join (exec + cgroup context)": best_us(lambda: [ctx.for_exit(r) for r in exits], N),
+        "build/validate (ExitEvent, pydantic)": best_us(
+            lambda: [builder.build(r) for r in exits], N
+        ),
+        "serialise (JSON)": best_us(lambda: [_to_json(e) for e in events], N),
+    }
+    stages["build/validate (ExitEvent, pydantic)"] -= stages["join (exec + cgroup context)"]
+    stages["build/validate, no context"] = best_us(lambda: [bare.build(r) for r in exits], N)
+    encoder = PublishEncoder(
+        "procmon/bench-host/exits",
+        protocol=PROTOCOL_5,
+        properties=[(1, 1), (3, "application/json")],
+    )
+
+    def encode_all() -> None:
+        out = bytearray()
+        inflight: dict[int, int] = {}
+        for i, payload in enumerate(payloads):
+            inflight[i & 0xFFFF] = i
+            encoder.encode_into(out, i & 0xFFFF, payload)
+
+    stages["publish (PUBLISH encoding, in-flight map)"] = best_us(encode_all, N)
+
+    spool_rows: dict[str, dict[str, float]] = {}
+    for label, batch in BATCHES.items():
+        path = workdir / f"stage-{batch}.db"
+        spool = Spool(path, 1_000_000)
+        append = ack = 0.0
+        pending: list[int] = []
+        for rep in range(REPEATS):
+            t_append = t_ack = 0.0
+            for i in range(0, N, batch):
+                t0 = time.process_time()
+                ids, _ = spool.append_ids(payloads[i : i + batch])
+                t_append += time.process_time() - t0
+                pending += ids
+                while len(pending) >= 128:
+                    t0 = time.process_time()
+                    spool.ack(pending[:128])
+                    t_ack += time.process_time() - t0
+                    del pending[:128]
+            if rep == 0 or t_append + t_ack < append + ack:
+                append, ack = t_append, t_ack
+        spool.close()
+        spool_rows[label] = {"spool write": append / N * 1e6, "ack/delete": ack / N * 1e6}
+    return stages, spool_rows, sum(map(len, payloads)) // N
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sink_cost(workdir: Path, batch: int) -> float | None:
+    """The whole MqttSink per event: emit (serialise, spool, publish) until every event is
+    acknowledged and deleted, against a mosquitto on a free loopback port."""
+    if not shutil.which("mosquitto"):
+        return None
+    from procmon.config import MqttConfig
+    from procmon.sinks.mqtt import AgentIdentity, MqttSink
+
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_queued_messages 1000000\nmax_inflight_messages 0\n"
+    )
+    broker = subprocess.Popen(
+        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(0.5)
+        _, exits = records(N)
+        ctx = ProcessContext()
+        for rec in records(0)[0]:
+            ctx.observe(rec)
+        builder = EventBuilder(
+            "bench-host", "core", boot_id="0" * 8 + "-0000-0000-0000-" + "0" * 12
+        )
+        builder.context = ctx
+        events = [builder.build(r) for r in exits]
+        spool = Spool(workdir / f"sink-{batch}.db", 1_000_000)
+        sink = MqttSink(
+            MqttConfig(broker=f"mqtt://127.0.0.1:{port}"),
+            AgentIdentity("bench-host", "0", "core", "2026-01-01T00:00:00Z"),
+            spool,
+        )
+        deadline = time.monotonic() + 10
+        while not sink.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.process_time()  # both threads: the network thread reads PUBACKs too
+            for i in range(0, N, batch):
+                sink.emit(events[i : i + batch])
+            if not sink.flush(30):
+                return None
+            best = min(best, time.process_time() - t0)
+        sink.close()
+        return best / N * 1e6
+    finally:
+        broker.terminate()
+        broker.wait(5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--no-broker", action="store_true", help="skip the whole-sink rows")
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    args = ap.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="procmon-stage-", dir="/var/tmp"))
+    try:
+        stages, spool_rows, size = stage_costs(workdir)
+        sinks = (
+            {}
+            if args.no_broker
+            else {label: sink_cost(workdir, batch) for label, batch in BATCHES.items()}
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    out = {"stages_us": stages, "spool_us": spool_rows, "payload_bytes": size, "sink_us": sinks}
+    print(json.dumps(out, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
