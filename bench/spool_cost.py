@@ -73,10 +73,10 @@ def v1_with(module: ModuleType, pragmas: list[str], page_size: int = 0) -> Calla
     class Tuned(module.Spool):  # type: ignore[misc,name-defined]
         def _open(self) -> sqlite3.Connection:
             if page_size and not self.path.exists():
-                with sqlite3.connect(self.path) as db:
-                    db.execute(f"PRAGMA page_size={page_size}")
-                    db.execute("CREATE TABLE pad (x)")
-                    db.execute("DROP TABLE pad")
+                with sqlite3.connect(self.path) as fresh:
+                    fresh.execute(f"PRAGMA page_size={page_size}")
+                    fresh.execute("CREATE TABLE pad (x)")
+                    fresh.execute("DROP TABLE pad")
                 os.chmod(self.path, 0o600)
             db: sqlite3.Connection = super()._open()
             for pragma in pragmas:
