@@ -24,12 +24,23 @@ from pathlib import Path
 log = logging.getLogger("procmon.spool")
 
 # 1: a row per event, `events(id, payload)`; 2: a row per run of consecutive ids (a batch),
-# `runs(id = the run's last id, first, sizes, payload)`. A version 1 file is converted at open.
+# `runs(id = the run's last id, first, sizes, payload)` and `heads(id, first)`, the live start
+# of a run whose front was acknowledged. A version 1 file is converted at open.
 SCHEMA_VERSION = 2
 WAL_CHECKPOINT_PAGES = 256
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+# Events stored: each run from its live start (also what tests read from a running spool).
+DEPTH_SQL = (
+    "SELECT COALESCE(SUM(r.id - COALESCE(h.first, r.first) + 1), 0) FROM runs r "
+    "LEFT JOIN heads h ON h.id = r.id"
+)
 _SIZE_TYPE = "I"  # 32-bit unsigned on every Linux ABI; payloads are far below 4 GiB
 _INSERT_RUN = "INSERT INTO runs (id, first, sizes, payload) VALUES (?, ?, ?, ?)"
+# Each run with its live start: after ``first`` when the front of the run was acknowledged.
+_LIVE_RUNS = (
+    "SELECT r.id, r.first, COALESCE(h.first, r.first), r.sizes FROM runs r "
+    "LEFT JOIN heads h ON h.id = r.id"
+)
 # SQLite keeps these next to the database; a stale WAL must never be applied to a new file.
 _SIDECARS = ("-wal", "-shm")
 
@@ -186,6 +197,11 @@ class Spool:
                 "CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                 "first INTEGER NOT NULL, sizes BLOB NOT NULL, payload BLOB NOT NULL)"
             )
+            # The live start of a run whose front was acknowledged: a small row moves instead
+            # of the run's payload being stored again.
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS heads (id INTEGER PRIMARY KEY, first INTEGER NOT NULL)"
+            )
             if version == 1:
                 _convert_v1(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -219,14 +235,15 @@ class Spool:
         )
 
     def _count(self) -> int:
-        return int(
-            self._db.execute("SELECT COALESCE(SUM(id - first + 1), 0) FROM runs").fetchone()[0]
-        )
+        return int(self._db.execute(DEPTH_SQL).fetchone()[0])
 
     def _payload_bytes(self) -> int:
         """Payload bytes of every stored event; length() reads no payload."""
         row = self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM runs").fetchone()
-        return int(row[0])
+        acked = self._db.execute(
+            "SELECT r.first, h.first, r.sizes FROM heads h JOIN runs r ON r.id = h.id"
+        )
+        return int(row[0]) - sum(sum(_sizes(s)[: live - f]) for f, live, s in acked)
 
     def _sequence(self) -> int:
         """The highest id ever stored (0 for a new file)."""
@@ -352,16 +369,14 @@ class Spool:
         return range(last - len(payloads) + 1, last + 1), dropped
 
     def _drop_oldest(self, protect_upto: int, rows: int, nbytes: int) -> tuple[int, int]:
-        """Delete the oldest rows after protect_upto until at least ``rows`` rows and
-        ``nbytes`` payload bytes are gone (or none is left); returns (rows, bytes) deleted."""
+        """Delete the oldest events after protect_upto until at least ``rows`` events and
+        ``nbytes`` payload bytes are gone (or none is left); returns (events, bytes) deleted."""
         removed = freed = 0
         upto = protect_upto
-        stored = self._db.execute(
-            "SELECT id, first, sizes FROM runs WHERE id > ? ORDER BY id", (protect_upto,)
-        )
-        for _, first, sizes in stored:
+        stored = self._db.execute(_LIVE_RUNS + " WHERE r.id > ? ORDER BY r.id", (protect_upto,))
+        for _, first, live, sizes in stored:
             for event_id, size in zip(itertools.count(first), _sizes(sizes)):
-                if event_id <= protect_upto:
+                if event_id <= protect_upto or event_id < live:
                     continue
                 if removed >= rows and freed >= nbytes:
                     break
@@ -380,35 +395,46 @@ class Spool:
     def _remove(self, first: int, last: int) -> tuple[int, int]:
         """Delete events first..last (ids already gone are skipped) inside the caller's
         transaction; returns (events, payload bytes) deleted. Runs inside the range go whole;
-        a run that straddles an end is cut, its events outside the range stored again."""
+        the front of a run (acks come in order) moves its live start in ``heads``, a small
+        row, instead of storing the rest of its payload again; any other cut stores the
+        events outside the range again."""
         db = self._db
-        events, nbytes = db.execute(
-            "SELECT COALESCE(SUM(id - first + 1), 0), COALESCE(SUM(LENGTH(payload)), 0) "
-            "FROM runs WHERE first >= ? AND id <= ?",
-            (first, last),
-        ).fetchone()
-        if events:
-            db.execute("DELETE FROM runs WHERE first >= ? AND id <= ?", (first, last))
-        cut = db.execute(
-            "SELECT id, first, sizes, payload FROM runs WHERE id >= ? AND first <= ?",
-            (first, last),
-        ).fetchall()
-        for row_id, row_first, sizes, payload in cut:
-            size = _sizes(sizes)
-            offsets = [0, *itertools.accumulate(size)]
-            count = row_id - row_first + 1
-            before = max(0, first - row_first)  # events row_first..first-1 stay
-            after = max(0, row_id - last)  # events last+1..row_id stay
-            events += count - before - after
-            nbytes += offsets[count - after] - offsets[before]
+        events = nbytes = 0
+        whole: list[tuple[int]] = []
+        cut: list[tuple[int, int, int, array[int]]] = []
+        # Runs are disjoint and in id order: those overlapping first..last come in a row.
+        stored = db.execute(_LIVE_RUNS + " WHERE r.id >= ? ORDER BY r.id", (first,))
+        for row_id, row_first, live, blob in stored:
+            if live > last:
+                break
+            sizes = _sizes(blob)
+            lo, hi = max(first, live), min(last, row_id)
+            events += hi - lo + 1
+            nbytes += sum(sizes[lo - row_first : hi - row_first + 1])
+            if lo == live and hi == row_id:
+                whole.append((row_id,))
+            elif lo == live:
+                db.execute(
+                    "INSERT OR REPLACE INTO heads (id, first) VALUES (?, ?)", (row_id, hi + 1)
+                )
+            else:
+                cut.append((row_id, row_first, live, sizes))
+        stored.close()
+        if whole:
+            db.executemany("DELETE FROM runs WHERE id = ?", whole)
+            db.executemany("DELETE FROM heads WHERE id = ?", whole)
+        for row_id, row_first, live, sizes in cut:  # rare: a gap in the acks, a drop
+            (payload,) = db.execute("SELECT payload FROM runs WHERE id = ?", (row_id,)).fetchone()
+            offsets = [0, *itertools.accumulate(sizes)]
             db.execute("DELETE FROM runs WHERE id = ?", (row_id,))
-            if before:
-                head = (size[:before].tobytes(), payload[: offsets[before]])
-                db.execute(_INSERT_RUN, (row_first + before - 1, row_first, *head))
-            if after:
-                tail = (size[count - after :].tobytes(), payload[offsets[count - after] :])
-                db.execute(_INSERT_RUN, (row_id, last + 1, *tail))
-        return int(events), int(nbytes)
+            db.execute("DELETE FROM heads WHERE id = ?", (row_id,))
+            keep = [(live, first - 1), (last + 1, row_id)]
+            for a, b in keep:
+                if a <= b:
+                    i, j = a - row_first, b - row_first + 1
+                    part = (sizes[i:j].tobytes(), payload[offsets[i] : offsets[j]])
+                    db.execute(_INSERT_RUN, (b, a, *part))
+        return events, nbytes
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
@@ -445,12 +471,14 @@ class Spool:
             rows: list[tuple[int, bytes]] = []
             try:
                 stored = self._db.execute(
-                    "SELECT id, first, sizes, payload FROM runs WHERE id > ? ORDER BY id",
+                    "SELECT r.first, COALESCE(h.first, r.first), r.sizes, r.payload FROM runs r "
+                    "LEFT JOIN heads h ON h.id = r.id WHERE r.id > ? ORDER BY r.id",
                     (after_id,),
                 )
-                for _, first, sizes, payload in stored:
+                for first, live, sizes, payload in stored:
+                    start = max(live, after_id + 1)
                     rows += itertools.islice(
-                        (r for r in _split(first, sizes, payload) if r[0] > after_id),
+                        (r for r in _split(first, sizes, payload) if r[0] >= start),
                         limit - len(rows),
                     )
                     if len(rows) >= limit:
