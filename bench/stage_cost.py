@@ -428,8 +428,8 @@ def render(out: dict[str, Any]) -> str:
             f"One wakeup costs about {per:.0f} µs of CPU beyond its events' own (caches gone "
             "cold, the spool transaction, the socket write, the poll), against "
             f"{one_event:.0f} "
-            "µs for one event's stages above (the spool aside). The default stays 40 ms: the p99 latency goal "
-            "(≤ 50 ms at 1k/s) rules longer waits out.",
+            "µs for one event's stages above (the spool aside). The default stays 40 ms: "
+            "the p99 latency goal (≤ 50 ms at 1k/s) rules longer waits out.",
         ]
     return "\n".join(lines) + "\n"
 
