@@ -342,6 +342,13 @@ def render_markdown(data: dict[str, Any], plot_name: str = "results.png") -> str
             f"{r['delivered']:,} of {r['expected']:,} = "
             f"{100 * r['delivered'] / r['expected']:.3f} %."
         )
+    stats = next((s.get("agent_stats") for s in data.get("long_runs", [])), None)
+    if stats:
+        keys = ("events_seen", "published", "dropped_kernel", "dropped_queue", "dropped_spool")
+        out.append(
+            "- the agent's counters at the end of the long runs (every exit on the host, the "
+            "loads' and others'): " + ", ".join(f"{k} {stats.get(k, NA)}" for k in keys) + "."
+        )
     out += [""]
 
     # --- goals --------------------------------------------------------------------------------

@@ -156,6 +156,8 @@ class SessionResult:
     loads: list[LoadResult]
     loadavg: tuple[float, float, float]
     error: str = ""
+    # Full pipeline: the agent's final counters (events_seen, published, dropped_kernel, ...).
+    agent_stats: dict[str, Any] = field(default_factory=dict)
 
 
 class Bench:
@@ -424,6 +426,8 @@ class Bench:
             print(f" ERROR {res.error}", end="")
         finally:
             mon.stop()
+            if isinstance(mon, PipelineMonitor):
+                res.agent_stats = dict(mon.final_stats)
             shutil.rmtree(sdir, ignore_errors=True)
             for comm in [*comms.values(), canary]:
                 with contextlib.suppress(OSError):

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,14 +82,6 @@ def _sizes(blob: bytes) -> array[int]:
     return sizes
 
 
-def _split(first: int, sizes: bytes, payload: bytes) -> Iterator[tuple[int, bytes]]:
-    """The (id, payload) events of a run."""
-    pos = 0
-    for event_id, size in zip(itertools.count(first), _sizes(sizes)):
-        yield event_id, payload[pos : pos + size]
-        pos += size
-
-
 def _convert_v1(db: sqlite3.Connection) -> None:
     """Version 1 rows (one per event) become one-event runs, ids and order kept."""
     db.execute("BEGIN IMMEDIATE")
@@ -125,6 +117,9 @@ class Spool:
         self._store_failures = 0  # events refused in the current episode of write errors
         self._last_reclaim = 0.0
         self._high_id = 0  # the highest row id handed out by read_after
+        # The run read last (row id, payloads): a cut stores other payloads under an id, so
+        # every cut and replaced file forgets it.
+        self._read_cache: tuple[int, bytes] = (0, b"")
         # Bumped whenever stored rows vanish without an ack (dropped for room, file replaced):
         # a publisher holding copies of rows it has not sent yet must drop them.
         self.generation = 0
@@ -423,6 +418,8 @@ class Spool:
         if whole:
             db.executemany("DELETE FROM runs WHERE id = ?", whole)
             db.executemany("DELETE FROM heads WHERE id = ?", whole)
+        if cut:
+            self._read_cache = (0, b"")
         for row_id, row_first, live, sizes in cut:  # rare: a gap in the acks, a drop
             (payload,) = db.execute("SELECT payload FROM runs WHERE id = ?", (row_id,)).fetchone()
             offsets = [0, *itertools.accumulate(sizes)]
@@ -447,6 +444,7 @@ class Spool:
         self._db.close()
         self._quarantine(reason)
         self._db = self._open()
+        self._read_cache = (0, b"")
         self._last_id = max(self._last_id, self._high_id)  # never hand out an id twice
         self._seed_ids(self._last_id)
         self._depth = 0
@@ -465,22 +463,32 @@ class Spool:
                 "INSERT INTO sqlite_sequence (name, seq) VALUES ('runs', ?)", (last_id,)
             )
 
+    def _run_payload(self, row_id: int) -> bytes:
+        """A run's payloads, kept for the next read: a publisher reading a backlog in small
+        windows reads one run many times."""
+        if self._read_cache[0] != row_id:
+            (payload,) = self._db.execute(
+                "SELECT payload FROM runs WHERE id = ?", (row_id,)
+            ).fetchone()
+            self._read_cache = (row_id, payload)
+        return self._read_cache[1]
+
     def read_after(self, after_id: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to limit (id, payload) rows with id > after_id, oldest first."""
         with self._lock:
             rows: list[tuple[int, bytes]] = []
             try:
-                stored = self._db.execute(
-                    "SELECT r.first, COALESCE(h.first, r.first), r.sizes, r.payload FROM runs r "
-                    "LEFT JOIN heads h ON h.id = r.id WHERE r.id > ? ORDER BY r.id",
-                    (after_id,),
-                )
-                for first, live, sizes, payload in stored:
-                    start = max(live, after_id + 1)
-                    rows += itertools.islice(
-                        (r for r in _split(first, sizes, payload) if r[0] >= start),
-                        limit - len(rows),
-                    )
+                stored = self._db.execute(_LIVE_RUNS + " WHERE r.id > ? ORDER BY r.id", (after_id,))
+                for row_id, first, live, sizes in stored:
+                    payload = self._run_payload(row_id)
+                    size = _sizes(sizes)
+                    i = max(live, after_id + 1) - first
+                    pos = sum(size[:i])
+                    for event_id, n in zip(range(first + i, row_id + 1), size[i:], strict=True):
+                        if len(rows) >= limit:
+                            break
+                        rows.append((event_id, payload[pos : pos + n]))
+                        pos += n
                     if len(rows) >= limit:
                         break
                 stored.close()
@@ -492,6 +500,8 @@ class Spool:
                 return []
             if rows:
                 self._high_id = max(self._high_id, rows[-1][0])
+                if rows[-1][0] == self._read_cache[0]:  # read to its end: not needed again
+                    self._read_cache = (0, b"")
         return rows
 
     def ack(self, ids: Sequence[int]) -> int:
@@ -540,6 +550,7 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{self.path}{extra}")
         self._db = self._open()
+        self._read_cache = (0, b"")
         self._seed_ids(self._last_id)
         self._depth = 0
         self._bytes = 0

@@ -264,3 +264,18 @@ def test_acks_that_cut_a_batch_survive_a_restart_exactly(path: Path) -> None:
     assert again.payload_bytes == sum(map(len, kept))
     assert [i for i, _ in again.read_after(ids[25], 3)] == [ids[26], ids[27], ids[28]]
     again.close()
+
+
+def test_reading_a_run_in_windows_sees_every_ack_and_cut(path: Path) -> None:
+    """A publisher reads a backlog a window at a time; the run read last is kept between
+    calls, and acks or cuts in between must show."""
+    spool = Spool(path, max_events=1000)
+    ids, _ = spool.append_ids(payloads(0, 40))
+    assert [p for _, p in spool.read_after(0, 10)] == payloads(0, 10)
+    spool.ack(list(ids[:5]))  # the front: the run stays, its live start moves
+    assert spool.read_after(0, 3) == list(zip(ids[5:8], payloads(5, 3), strict=True))
+    spool.ack(list(ids[20:25]))  # a cut: the run is stored again in two
+    rest = spool.read_after(ids[9], 100)
+    assert [p for _, p in rest] == payloads(10, 10) + payloads(25, 15)
+    assert [i for i, _ in rest] == list(ids[10:20]) + list(ids[25:])
+    spool.close()
