@@ -276,6 +276,11 @@ class PipelineMonitor(Monitor):
         self.host_id = ""
         self.online_after_s: float | None = None
         self.broker_pid: int | None = None
+        # The agent's last stats message (its final counters once stopped): events_seen,
+        # published, dropped_kernel, ... say where events went when the subscriber's count
+        # falls short.
+        self.final_stats: dict[str, object] = {}
+        self._stats_lines: list[bytes] = []
 
     def track(self, comm: str) -> None:
         self._tracked.append(comm)
@@ -293,6 +298,9 @@ class PipelineMonitor(Monitor):
             self._latency_lines[comm] = self.counter.collect_lines(comm)
         status_token = f" {self.prefix}/{self.host_id}/status ".encode()
         self._status_lines = self.counter.collect_token(status_token)
+        self._stats_lines = self.counter.collect_token(
+            f" {self.prefix}/{self.host_id}/stats ".encode()
+        )
         base = f"{self.prefix}/{self.host_id}"
         self.sub = Proc(
             [
@@ -386,6 +394,17 @@ class PipelineMonitor(Monitor):
                     out.append((received_ns - rfc3339_ns(ev["time"])) / 1e6)
         return out
 
+    def _read_final_stats(self) -> None:
+        if not self.counter:
+            return
+        self.counter.refresh()
+        for line in reversed(self._stats_lines):
+            parts = line.split(b" ", 2)
+            with contextlib.suppress(ValueError):
+                if len(parts) == 3 and isinstance(doc := json.loads(parts[2]), dict):
+                    self.final_stats = doc
+                    return
+
     def pid(self) -> int | None:
         return self.agent.pid if self.agent else None
 
@@ -406,6 +425,8 @@ class PipelineMonitor(Monitor):
         try:
             if self.agent:
                 self.agent.stop(signal.SIGTERM, timeout=20)
+                time.sleep(0.5)  # the final stats, published on the way out
+                self._read_final_stats()
         finally:
             if self.sub:
                 self.sub.stop(signal.SIGTERM)

@@ -35,6 +35,18 @@ SHORT = {
 }
 STORMS = [("f1w", "fork 1w"), ("f2w", "fork 2w"), ("spn", "spawn")]
 GOAL_RATIO, GOAL_P99_MS, GOAL_CPU_PCT, GOAL_RSS_MB, GOAL_ATTACH_S = 0.97, 50.0, 5.0, 60.0, 0.5
+# Issue 17's goals, each with the figure of the run it started from (results.md of 2026-11-27,
+# the run the issue quotes): (name, target, bound, at_least, before, format).
+CPU_VS_EXITSNOOP = 2.0
+GOAL_RSS17_MB, GOAL_STARTUP_S, MAX_BASELINE_BIAS = 40.0, 0.2, 1.03
+BEFORE_CPU1 = (4.4, 1.1)  # agent, exitsnoop: % of a core at 1k/s
+BEFORE_CPU5 = (15.8, 5.2)  # the same at 5k/s
+BEFORE: dict[str, float] = {
+    "rss": 57.0,
+    "startup": 0.36,
+    "f2w": 0.946,  # 0.78-0.83 in the issue's re-runs on another machine of the kind
+    "bias": 1.133,  # the highest 1-worker ratio of any monitor (bpftrace)
+}
 
 
 def _median(xs: list[float]) -> float | None:
@@ -129,6 +141,97 @@ def _long_runs(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _cpu_vs_exitsnoop(f: Figures, load: str) -> tuple[float | None, str]:
+    mine, theirs = f.cpu_pct("full", load), f.cpu_pct("exitsnoop", load)
+    if mine is None or not theirs:
+        return None, NA
+    return mine / theirs, f"{mine:.1f} % vs {theirs:.1f} % = {mine / theirs:.1f}x"
+
+
+def _worst_baseline_bias(f: Figures) -> float | None:
+    ratios = [f.ratio(c, "f1w") for c in f.configs if c != "none"]
+    known = [r for r in ratios if r is not None]
+    return max(known) if known else None
+
+
+Issue17Row = tuple[str, str, str, str, float | None, float, bool]
+
+
+def issue17_rows(f: Figures) -> list[Issue17Row]:
+    """(goal, target, before, after, value, bound, at_least) for issue 17's goals."""
+    r1, s1 = _cpu_vs_exitsnoop(f, "s1k")
+    r5, s5 = _cpu_vs_exitsnoop(f, "s5k")
+    b1, b5 = BEFORE_CPU1, BEFORE_CPU5
+    rss, start = f.rss_mb("full"), f.startup_s("full")
+    r2, bias = f.ratio("full", "f2w"), _worst_baseline_bias(f)
+    pct, _, _ = f.completeness("full")
+    return [
+        (
+            "agent CPU at 1k/s vs exitsnoop",
+            f"≤ {CPU_VS_EXITSNOOP:.0f}x",
+            f"{b1[0]} % vs {b1[1]} % = {b1[0] / b1[1]:.1f}x",
+            s1,
+            r1,
+            CPU_VS_EXITSNOOP,
+            False,
+        ),
+        (
+            "agent CPU at 5k/s vs exitsnoop",
+            f"≤ {CPU_VS_EXITSNOOP:.0f}x",
+            f"{b5[0]} % vs {b5[1]} % = {b5[0] / b5[1]:.1f}x",
+            s5,
+            r5,
+            CPU_VS_EXITSNOOP,
+            False,
+        ),
+        (
+            "agent peak RSS (4 MiB ring)",
+            f"≤ {GOAL_RSS17_MB:.0f} MB",
+            f"{BEFORE['rss']} MB",
+            _fmt(rss, ".1f", " MB"),
+            rss,
+            GOAL_RSS17_MB,
+            False,
+        ),
+        (
+            "start-up to first event (CO-RE)",
+            f"≤ {GOAL_STARTUP_S} s",
+            f"{BEFORE['startup']} s",
+            _fmt(start, ".2f", " s"),
+            start,
+            GOAL_STARTUP_S,
+            False,
+        ),
+        (
+            "fork-storm ratio, 2 workers",
+            f"≥ {GOAL_RATIO}",
+            f"{BEFORE['f2w']}",
+            _fmt(r2, ".3f"),
+            r2,
+            GOAL_RATIO,
+            True,
+        ),
+        (
+            "highest 1-worker storm ratio of any monitor (bias)",
+            f"≤ {MAX_BASELINE_BIAS}",
+            f"{BEFORE['bias']}",
+            _fmt(bias, ".3f"),
+            bias,
+            MAX_BASELINE_BIAS,
+            False,
+        ),
+        (
+            "completeness, all loads",
+            "100.000 %",
+            "100.000 %",
+            _fmt(pct, ".3f", " %"),
+            pct,
+            100.0,
+            True,
+        ),
+    ]
+
+
 def render_markdown(data: dict[str, Any], plot_name: str = "results.png") -> str:
     f = Figures(data)
     m = data["machine"]
@@ -167,6 +270,29 @@ def render_markdown(data: dict[str, Any], plot_name: str = "results.png") -> str
             cells.append(_fmt(f.rate(c, key), ",.0f"))
             cells.append("1" if c == "none" else _fmt(f.ratio(c, key), ".3f"))
         out.append(f"| {LABELS[c]} | " + " | ".join(cells) + " |")
+    if any(f.rates[c].get("f1u") for c in f.configs):
+        out += [
+            "",
+            "### The baseline's bias: the 1-worker fork storm pinned (above) and unpinned",
+            "",
+            "Unpinned, the storm's parent and child ping-pong between the two vCPUs, and each "
+            "wakeup takes the other vCPU out of HLT (haltpoll with `guest_halt_poll_ns = 0`: a "
+            "VM exit and an IPI). A monitor that keeps the other vCPU busy spares the baseline "
+            "that cost, which is why every monitor used to beat no monitor. The harness now "
+            "runs single-worker storms on one CPU in every configuration (`PIN_CPU`, "
+            "`bench/run.py`); the unpinned run is kept for comparison.",
+            "",
+            "| configuration | unpinned exits/s | unpinned ratio | pinned exits/s | pinned ratio |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for c in f.configs:
+            cells = [
+                _fmt(f.rate(c, "f1u"), ",.0f"),
+                "1" if c == "none" else _fmt(f.ratio(c, "f1u"), ".3f"),
+                _fmt(f.rate(c, "f1w"), ",.0f"),
+                "1" if c == "none" else _fmt(f.ratio(c, "f1w"), ".3f"),
+            ]
+            out.append(f"| {LABELS[c]} | " + " | ".join(cells) + " |")
     out += [
         "",
         "## Completeness, latency, cost, start-up",
@@ -215,6 +341,13 @@ def render_markdown(data: dict[str, Any], plot_name: str = "results.png") -> str
             f"- {what}: {r['exits']:,} exits at {r['rate']:,.0f}/s; subscriber received "
             f"{r['delivered']:,} of {r['expected']:,} = "
             f"{100 * r['delivered'] / r['expected']:.3f} %."
+        )
+    stats = next((s.get("agent_stats") for s in data.get("long_runs", [])), None)
+    if stats:
+        keys = ("events_seen", "published", "dropped_kernel", "dropped_queue", "dropped_spool")
+        out.append(
+            "- the agent's counters at the end of the long runs (every exit on the host, the "
+            "loads' and others'): " + ", ".join(f"{k} {stats.get(k, NA)}" for k in keys) + "."
         )
     out += [""]
 
@@ -281,6 +414,19 @@ def render_markdown(data: dict[str, Any], plot_name: str = "results.png") -> str
         ok = None if value is None else (value >= bound if at_least else value <= bound)
         out.append(f"| {name} | {target} | {shown} | {verdict(ok)} |")
     out += [""]
+    out += [
+        "### Issue 17: the full pipeline within 2x of exitsnoop, and a benchmark without bias",
+        "",
+        "Before: the run this file showed when the issue was filed (2026-11-27, same harness "
+        "but unpinned storms). After: this run. exitsnoop's figures are from the same run.",
+        "",
+        "| goal | target | before | after | |",
+        "|---|---|---:|---:|---|",
+    ]
+    for name, target, before, after, value, bound, at_least in issue17_rows(f):
+        ok = None if value is None else (value >= bound if at_least else value <= bound)
+        out.append(f"| {name} | {target} | {before} | {after} | {verdict(ok)} |")
+    out += [""]
     if f.errors:
         out += ["## Sessions that failed", ""]
         out += [f"- {s['config']} rep {s['rep'] + 1}: {s['error']}" for s in f.errors]
@@ -321,6 +467,21 @@ def render_markdown(data: dict[str, Any], plot_name: str = "results.png") -> str
     return "\n".join(out)
 
 
+def _before_value(goal: str) -> float:
+    b = BEFORE
+    if "1k/s" in goal:
+        return BEFORE_CPU1[0] / BEFORE_CPU1[1]
+    if "5k/s" in goal:
+        return BEFORE_CPU5[0] / BEFORE_CPU5[1]
+    if "RSS" in goal:
+        return float(b["rss"])
+    if "start-up" in goal:
+        return float(b["startup"])
+    if "2 workers" in goal:
+        return float(b["f2w"])
+    return float(b["bias"])
+
+
 def render_plot(data: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -330,7 +491,7 @@ def render_plot(data: dict[str, Any], path: Path) -> None:
     f = Figures(data)
     configs = [c for c in f.configs if c != "none"]
     x = list(range(len(configs)))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 4.5))
     width = 0.8 / len(STORMS)
     for i, (key, name) in enumerate(STORMS):
         vals = [f.ratio(c, key) or 0.0 for c in configs]
@@ -362,6 +523,29 @@ def render_plot(data: dict[str, Any], path: Path) -> None:
     ax2.set_ylabel("% of one core (user+sys)")
     ax2.set_title("Monitor CPU at a steady rate (median)")
     ax2.legend(fontsize=8)
+    # Issue 17's goals: before and after, each as a share of its bound (1 = on the bound).
+    goals = [row for row in issue17_rows(f) if row[4] is not None and "completeness" not in row[0]]
+    short = {
+        "agent CPU at 1k/s vs exitsnoop": "CPU 1k/s\n÷ exitsnoop",
+        "agent CPU at 5k/s vs exitsnoop": "CPU 5k/s\n÷ exitsnoop",
+        "agent peak RSS (4 MiB ring)": "peak RSS",
+        "start-up to first event (CO-RE)": "start-up",
+        "fork-storm ratio, 2 workers": "fork 2w\nratio",
+        "highest 1-worker storm ratio of any monitor (bias)": "highest 1w\nratio (bias)",
+    }
+    names = [short.get(row[0], row[0]) for row in goals]
+    before = [_before_value(row[0]) for row in goals]
+    after = [row[4] or 0.0 for row in goals]
+    gx = list(range(len(goals)))
+    ax3.bar([g - 0.2 for g in gx], [b / row[5] for b, row in zip(before, goals, strict=True)], 0.4,
+            label="before", color="C7")  # fmt: skip
+    ax3.bar([g + 0.2 for g in gx], [a / row[5] for a, row in zip(after, goals, strict=True)], 0.4,
+            label="after", color="C2")  # fmt: skip
+    ax3.axhline(1.0, color="k", ls="--", lw=1, label="goal's bound")
+    ax3.set_xticks(gx, names, fontsize=8)
+    ax3.set_ylabel("figure ÷ goal's bound (≥ goals: below 1 is short)")
+    ax3.set_title("Issue 17 goals, before and after")
+    ax3.legend(fontsize=8)
     m = data["machine"]
     fig.suptitle(
         f"procmon bench, {m['date']}, {m['cores']} cores, load {m['loadavg_start'][0]:.1f}",

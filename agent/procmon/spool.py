@@ -1,28 +1,46 @@
 """The durable, bounded spool: serialized events wait here until the broker acknowledges them.
 
-SQLite in WAL mode, one transaction per batch: an agent crash loses nothing appended. Ids only
-grow, even across a replaced file, so a publisher's cursor stays valid. Layout, bounds and the
-full-disk and corrupt-file rules: docs/design.md.
+SQLite in WAL mode, one transaction per batch, and one row per batch: a row holds a run of
+consecutive event ids (an insert and a delete per batch, not per event: bench/spool_cost.md). An
+agent crash loses nothing appended. Ids only grow, even across a replaced file, so a publisher's
+cursor stays valid. Layout, bounds and the full-disk and corrupt-file rules: docs/design.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import sqlite3
 import threading
 import time
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("procmon.spool")
 
-SCHEMA_VERSION = 1
+# 1: a row per event, `events(id, payload)`; 2: a row per run of consecutive ids (a batch),
+# `runs(id = the run's last id, first, sizes, payload)` and `heads(id, first)`, the live start
+# of a run whose front was acknowledged. A version 1 file is converted at open.
+SCHEMA_VERSION = 2
 WAL_CHECKPOINT_PAGES = 256
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+# Events stored: each run from its live start (also what tests read from a running spool).
+DEPTH_SQL = (
+    "SELECT COALESCE(SUM(r.id - COALESCE(h.first, r.first) + 1), 0) FROM runs r "
+    "LEFT JOIN heads h ON h.id = r.id"
+)
+_SIZE_TYPE = "I"  # 32-bit unsigned on every Linux ABI; payloads are far below 4 GiB
+_INSERT_RUN = "INSERT INTO runs (id, first, sizes, payload) VALUES (?, ?, ?, ?)"
+# Each run with its live start: after ``first`` when the front of the run was acknowledged.
+_LIVE_RUNS = (
+    "SELECT r.id, r.first, COALESCE(h.first, r.first), r.sizes FROM runs r "
+    "LEFT JOIN heads h ON h.id = r.id"
+)
 # SQLite keeps these next to the database; a stale WAL must never be applied to a new file.
 _SIDECARS = ("-wal", "-shm")
 
@@ -57,6 +75,31 @@ def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
+def _sizes(blob: bytes) -> array[int]:
+    """A run's payload sizes, as stored (native 32-bit unsigned ints)."""
+    sizes = array(_SIZE_TYPE)
+    sizes.frombytes(blob)
+    return sizes
+
+
+def _convert_v1(db: sqlite3.Connection) -> None:
+    """Version 1 rows (one per event) become one-event runs, ids and order kept."""
+    db.execute("BEGIN IMMEDIATE")
+    rows = db.execute("SELECT id, payload FROM events ORDER BY id")
+    db.executemany(
+        _INSERT_RUN,
+        ((i, i, array(_SIZE_TYPE, (len(p),)).tobytes(), p) for i, p in rows),
+    )
+    old = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    new = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()
+    if old and not new:
+        db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('runs', ?)", old)
+    elif old and new and old[0] > new[0]:
+        db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'runs'", old)
+    db.execute("DROP TABLE events")
+    db.execute("COMMIT")
+
+
 def _disk_full(exc: sqlite3.Error) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
 
@@ -74,6 +117,9 @@ class Spool:
         self._store_failures = 0  # events refused in the current episode of write errors
         self._last_reclaim = 0.0
         self._high_id = 0  # the highest row id handed out by read_after
+        # The run read last (row id, payloads): a cut stores other payloads under an id, so
+        # every cut and replaced file forgets it.
+        self._read_cache: tuple[int, bytes] = (0, b"")
         # Bumped whenever stored rows vanish without an ack (dropped for room, file replaced):
         # a publisher holding copies of rows it has not sent yet must drop them.
         self.generation = 0
@@ -137,12 +183,22 @@ class Spool:
             # much free disk to take the next events.
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"unknown spool schema version {version}")
+            # A run of consecutive events: ids first..id, their sizes, their payloads end to
+            # end. The id is the run's last event id: AUTOINCREMENT's sequence then records
+            # the highest id ever stored, and ids only grow.
             db.execute(
-                "CREATE TABLE IF NOT EXISTS events ("
-                "id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "first INTEGER NOT NULL, sizes BLOB NOT NULL, payload BLOB NOT NULL)"
             )
+            # The live start of a run whose front was acknowledged: a small row moves instead
+            # of the run's payload being stored again.
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS heads (id INTEGER PRIMARY KEY, first INTEGER NOT NULL)"
+            )
+            if version == 1:
+                _convert_v1(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             # Reads every page: a truncated or scribbled file fails here, not mid-replay.
             check = db.execute("PRAGMA quick_check").fetchone()[0]
@@ -174,19 +230,19 @@ class Spool:
         )
 
     def _count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return int(self._db.execute(DEPTH_SQL).fetchone()[0])
 
-    def _payload_bytes(self, first: int = 0, last: int = -1) -> int:
-        """Payload bytes of rows first..last (all by default); length() reads no payload."""
-        row = self._db.execute(
-            "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM events WHERE id BETWEEN ? AND ?",
-            (first, last if last >= 0 else 1 << 62),
-        ).fetchone()
-        return int(row[0])
+    def _payload_bytes(self) -> int:
+        """Payload bytes of every stored event; length() reads no payload."""
+        row = self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM runs").fetchone()
+        acked = self._db.execute(
+            "SELECT r.first, h.first, r.sizes FROM heads h JOIN runs r ON r.id = h.id"
+        )
+        return int(row[0]) - sum(sum(_sizes(s)[: live - f]) for f, live, s in acked)
 
     def _sequence(self) -> int:
-        """The last id AUTOINCREMENT handed out (0 for a new file)."""
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        """The highest id ever stored (0 for a new file)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()
         return int(row[0]) if row else 0
 
     # --- use ------------------------------------------------------------------------------
@@ -292,8 +348,10 @@ class Spool:
                 batch_bytes -= len(payloads[0])
                 payloads = payloads[1:]
                 dropped += 1
-        db.executemany("INSERT INTO events (payload) VALUES (?)", zip(payloads))
-        last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0]) if payloads else 0
+        last = self._last_id + len(payloads)
+        if payloads:  # one row for the batch: an insert per batch, not per event
+            sizes = array(_SIZE_TYPE, map(len, payloads)).tobytes()
+            db.execute(_INSERT_RUN, (last, self._last_id + 1, sizes, b"".join(payloads)))
         db.execute("COMMIT")
         self._depth += len(payloads)
         self._bytes += batch_bytes
@@ -306,25 +364,74 @@ class Spool:
         return range(last - len(payloads) + 1, last + 1), dropped
 
     def _drop_oldest(self, protect_upto: int, rows: int, nbytes: int) -> tuple[int, int]:
-        """Delete the oldest rows after protect_upto until at least ``rows`` rows and
-        ``nbytes`` payload bytes are gone (or none is left); returns (rows, bytes) deleted."""
+        """Delete the oldest events after protect_upto until at least ``rows`` events and
+        ``nbytes`` payload bytes are gone (or none is left); returns (events, bytes) deleted."""
         removed = freed = 0
         upto = protect_upto
-        sizes = self._db.execute(
-            "SELECT id, LENGTH(payload) FROM events WHERE id > ? ORDER BY id", (protect_upto,)
-        )
-        for row_id, size in sizes:
+        stored = self._db.execute(_LIVE_RUNS + " WHERE r.id > ? ORDER BY r.id", (protect_upto,))
+        for _, first, live, sizes in stored:
+            for event_id, size in zip(itertools.count(first), _sizes(sizes)):
+                if event_id <= protect_upto or event_id < live:
+                    continue
+                if removed >= rows and freed >= nbytes:
+                    break
+                upto = event_id
+                removed += 1
+                freed += size
             if removed >= rows and freed >= nbytes:
                 break
-            upto = row_id
-            removed += 1
-            freed += size
-        sizes.close()
+        stored.close()
         if removed:
-            self._db.execute("DELETE FROM events WHERE id > ? AND id <= ?", (protect_upto, upto))
+            removed, freed = self._remove(protect_upto + 1, upto)
             self._depth -= removed
             self._bytes -= freed
         return removed, freed
+
+    def _remove(self, first: int, last: int) -> tuple[int, int]:
+        """Delete events first..last (ids already gone are skipped) inside the caller's
+        transaction; returns (events, payload bytes) deleted. Runs inside the range go whole;
+        the front of a run (acks come in order) moves its live start in ``heads``, a small
+        row, instead of storing the rest of its payload again; any other cut stores the
+        events outside the range again."""
+        db = self._db
+        events = nbytes = 0
+        whole: list[tuple[int]] = []
+        cut: list[tuple[int, int, int, array[int]]] = []
+        # Runs are disjoint and in id order: those overlapping first..last come in a row.
+        stored = db.execute(_LIVE_RUNS + " WHERE r.id >= ? ORDER BY r.id", (first,))
+        for row_id, row_first, live, blob in stored:
+            if live > last:
+                break
+            sizes = _sizes(blob)
+            lo, hi = max(first, live), min(last, row_id)
+            events += hi - lo + 1
+            nbytes += sum(sizes[lo - row_first : hi - row_first + 1])
+            if lo == live and hi == row_id:
+                whole.append((row_id,))
+            elif lo == live:
+                db.execute(
+                    "INSERT OR REPLACE INTO heads (id, first) VALUES (?, ?)", (row_id, hi + 1)
+                )
+            else:
+                cut.append((row_id, row_first, live, sizes))
+        stored.close()
+        if whole:
+            db.executemany("DELETE FROM runs WHERE id = ?", whole)
+            db.executemany("DELETE FROM heads WHERE id = ?", whole)
+        if cut:
+            self._read_cache = (0, b"")
+        for row_id, row_first, live, sizes in cut:  # rare: a gap in the acks, a drop
+            (payload,) = db.execute("SELECT payload FROM runs WHERE id = ?", (row_id,)).fetchone()
+            offsets = [0, *itertools.accumulate(sizes)]
+            db.execute("DELETE FROM runs WHERE id = ?", (row_id,))
+            db.execute("DELETE FROM heads WHERE id = ?", (row_id,))
+            keep = [(live, first - 1), (last + 1, row_id)]
+            for a, b in keep:
+                if a <= b:
+                    i, j = a - row_first, b - row_first + 1
+                    part = (sizes[i:j].tobytes(), payload[offsets[i] : offsets[j]])
+                    db.execute(_INSERT_RUN, (b, a, *part))
+        return events, nbytes
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
@@ -337,6 +444,7 @@ class Spool:
         self._db.close()
         self._quarantine(reason)
         self._db = self._open()
+        self._read_cache = (0, b"")
         self._last_id = max(self._last_id, self._high_id)  # never hand out an id twice
         self._seed_ids(self._last_id)
         self._depth = 0
@@ -352,17 +460,38 @@ class Spool:
         """A fresh file continues the old ids: publisher cursors must stay valid."""
         if last_id > 0:
             self._db.execute(
-                "INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (last_id,)
+                "INSERT INTO sqlite_sequence (name, seq) VALUES ('runs', ?)", (last_id,)
             )
+
+    def _run_payload(self, row_id: int) -> bytes:
+        """A run's payloads, kept for the next read: a publisher reading a backlog in small
+        windows reads one run many times."""
+        if self._read_cache[0] != row_id:
+            (payload,) = self._db.execute(
+                "SELECT payload FROM runs WHERE id = ?", (row_id,)
+            ).fetchone()
+            self._read_cache = (row_id, payload)
+        return self._read_cache[1]
 
     def read_after(self, after_id: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to limit (id, payload) rows with id > after_id, oldest first."""
         with self._lock:
+            rows: list[tuple[int, bytes]] = []
             try:
-                rows: list[tuple[int, bytes]] = self._db.execute(
-                    "SELECT id, payload FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                    (after_id, limit),
-                ).fetchall()
+                stored = self._db.execute(_LIVE_RUNS + " WHERE r.id > ? ORDER BY r.id", (after_id,))
+                for row_id, first, live, sizes in stored:
+                    payload = self._run_payload(row_id)
+                    size = _sizes(sizes)
+                    i = max(live, after_id + 1) - first
+                    pos = sum(size[:i])
+                    for event_id, n in zip(range(first + i, row_id + 1), size[i:], strict=True):
+                        if len(rows) >= limit:
+                            break
+                        rows.append((event_id, payload[pos : pos + n]))
+                        pos += n
+                    if len(rows) >= limit:
+                        break
+                stored.close()
             except sqlite3.OperationalError as exc:  # I/O error: the next call retries
                 log.error("spool %s: cannot read: %s", self.path, exc)
                 return []
@@ -371,7 +500,9 @@ class Spool:
                 return []
             if rows:
                 self._high_id = max(self._high_id, rows[-1][0])
-        return rows  # (int, bytes) already: ids are INTEGER PRIMARY KEY, payloads BLOBs
+                if rows[-1][0] == self._read_cache[0]:  # read to its end: not needed again
+                    self._read_cache = (0, b"")
+        return rows
 
     def ack(self, ids: Sequence[int]) -> int:
         """Delete acknowledged rows; returns how many were still there."""
@@ -383,10 +514,11 @@ class Spool:
                 ids = [*ids, *self._undeleted]
             try:
                 db.execute("BEGIN IMMEDIATE")
-                runs = _runs(ids)
-                freed = sum(self._payload_bytes(first, last) for first, last in runs)
-                delete = "DELETE FROM events WHERE id BETWEEN ? AND ?"
-                removed = db.executemany(delete, runs).rowcount
+                removed = freed = 0
+                for first, last in _runs(ids):
+                    events, nbytes = self._remove(first, last)
+                    removed += events
+                    freed += nbytes
                 db.execute("COMMIT")
             except sqlite3.OperationalError as exc:
                 # The rows stay and are re-sent after a restart: a duplicate, never a loss.
@@ -418,6 +550,7 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{self.path}{extra}")
         self._db = self._open()
+        self._read_cache = (0, b"")
         self._seed_ids(self._last_id)
         self._depth = 0
         self._bytes = 0

@@ -30,7 +30,7 @@ from helpers.common import REPO, require
 from helpers.mosquitto import Mosquitto
 from helpers.mqtt import PY, SLOW, Storm, unique_host, wait_until
 from helpers.netns import DelayProxy, NetPair, NsMosquitto, netns_possible, nft_available, tmpfs
-from procmon.spool import Spool
+from procmon.spool import DEPTH_SQL, Spool
 
 pytestmark = pytest.mark.faults
 
@@ -581,7 +581,7 @@ def test_spool_disk_full_keeps_running_counts_and_recovers(
 def _spool_rows(path: Path) -> int:
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            return int(db.execute(DEPTH_SQL).fetchone()[0])  # a row holds a run of events
     except sqlite3.Error:
         return -1
 
