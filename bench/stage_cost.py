@@ -114,8 +114,8 @@ def best_us(fn: Callable[[], object], per: int) -> float:
 
 
 def stage_costs(workdir: Path) -> tuple[dict[str, float], dict[str, dict[str, float]], int]:
+    from procmon.mqtt.wire import PROTOCOL_5, PublishEncoder
     from procmon.sinks.mqtt import _to_json  # the sink's serializer
-    from procmon.sinks.mqtt_wire import PROTOCOL_5, PublishEncoder
 
     context_records, exits = records(N)
     ctx = ProcessContext()
