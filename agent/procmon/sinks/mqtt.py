@@ -228,8 +228,8 @@ class MqttSink:
         if first.username and first.username != identity.host:
             log.warning(
                 "mqtt.username %r is not host_id %r: a broker ACL that lets each user publish "
-                "only under its own host's topics (the procmon.procmon.broker role's) refuses every "
-                "event, and MQTT 3.1.1 cannot say so",
+                "only under its own host's topics (the procmon.procmon.broker role's) refuses "
+                "every event, and MQTT 3.1.1 cannot say so",
                 first.username,
                 identity.host,
             )
