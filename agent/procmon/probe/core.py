@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import struct
+import threading
 import time
 from importlib import resources
 from pathlib import Path
@@ -40,6 +41,12 @@ PROGRAMS = (b"exit_btf", b"exit_tp")
 CONTEXT_PROGRAMS = (b"exec_btf", b"cgroup_mkdir_btf", b"cgroup_rmdir_btf")
 # Who sent a fatal signal, and whom the OOM killer chose: the killer of an exit.
 KILLER_PROGRAMS = (b"signal_raw", b"oom_raw")
+# CoreProbes attached in this process. The loader child is used only while there is none
+# and no other thread: an attached probe would report the child's exit (its self_id names the
+# agent, not the child), and a fork beside running threads inherits whatever locks they hold.
+# So a reload that replaces the probe (Pipeline.replace, the old one still attached, the MQTT
+# thread running) loads in the agent itself.
+_attached = 0
 _GRANT = "grant CAP_BPF and CAP_PERFMON (AmbientCapabilities in the systemd unit)"
 _HINT = "--log-level info shows libbpf's log"
 
@@ -76,6 +83,7 @@ class CoreProbe:
         self._obj = 0
         self._links: list[int] = []
         self._link_fds: list[int] = []  # links handed over by the loader child
+        self._counted = False  # in _attached
         self._owned_fds: list[int] = []  # fds of adopted pins (a loaded object owns its own)
         self._ring = 0
         self.ring_fill: RingFill | None = None
@@ -85,12 +93,13 @@ class CoreProbe:
         self.reused_pins = False
         if self._pins is not None and (self._pins / "link").exists():
             self._reuse_pins(self._pins)
-        elif load_in_child:
+        elif load_in_child and _attached == 0 and threading.active_count() == 1:
             self._load_in_child()
         else:
             self._load_fresh()
         self._set_self_id()
         self._open_ring()
+        self._count(True)
         self.attach_seconds = time.monotonic() - self._started
         log.info("attached %s in %.3f s", self.program, self.attach_seconds)
 
@@ -378,6 +387,13 @@ class CoreProbe:
 
     def close(self) -> None:
         self._close_object()
+        self._count(False)
+
+    def _count(self, attached: bool) -> None:
+        global _attached
+        if attached != self._counted:
+            _attached += 1 if attached else -1
+            self._counted = attached
 
 
 _PIN_PREFIX = f"r{RECORD_VERSION}-"
