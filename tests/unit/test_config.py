@@ -123,7 +123,7 @@ def test_brokers_env_is_a_comma_list_below_the_flags(
 
 
 def test_config_needs_no_pydantic_settings() -> None:
-    """pydantic-settings cost ~60 ms of the agent's start-up (bench/startup_rss.md)."""
+    """pydantic-settings cost ~25 ms of the agent's start-up (bench/startup_rss.md)."""
     import subprocess
     import sys
 
