@@ -340,6 +340,28 @@ def test_spool_cap_drops_are_counted_exactly(
         broker.kill()
 
 
+def test_reload_replaces_the_probe_with_threads_running(
+    agent_ready: None, broker: Mosquitto, agents: Any
+) -> None:
+    """A probe setting changed on SIGHUP loads a new probe in a forked child while the MQTT
+    thread runs; events flow before and after, and neither loader child's exit is reported."""
+    host = unique_host()
+    collector = Collector(broker, [f"procmon/{host}/exits"])
+    agent: AgentProcess = agents(broker.url, host_id=host, config="log_level = 'info'\n").start()
+    pid = run_exit(13)
+    wait_until(lambda: bool(by_pid(exits_of(collector, host), pid)), SLOW, "events before it")
+    agent.config.write_text("log_level = 'info'\n[probe]\nwakeup_latency_ms = 25\n")
+    agent.signal(signal.SIGHUP)
+    wait_until(lambda: "configuration applied" in agent.stderr(), SLOW, "the applied reload")
+    pid = run_exit(14)
+    wait_until(lambda: bool(by_pid(exits_of(collector, host), pid)), SLOW, "events after it")
+    assert "reload failed" not in agent.stderr()
+    children = [e for e in exits_of(collector, host) if e["ppid"] == agent.pid]
+    assert children == [], "a loader child's exit was reported"
+    assert agent.terminate() == 0
+    collector.close()
+
+
 def test_wrong_password_is_one_clear_line_and_sighup_rereads_it(
     agent_ready: None, agents: Any, tmp_path: Path
 ) -> None:

@@ -161,3 +161,34 @@ def test_fork_storm_no_drops(collect: Callable[..., Collector], forkstorm: Path)
     assert all(e.exe == str(binary) for e in ours), {e.exe for e in ours}
     # Nobody drains the ring during the storm: past its context share (half of it) execs
     # elsewhere on the machine may be shed, and counted. The storm's own exec came first.
+
+
+def test_loader_child_hands_over_an_attached_probe(
+    collect: Callable[..., Collector], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The object is loaded in a forked child (libbpf's BTF peak leaves with it): the probe
+    it hands over stays attached after the child is gone, the child's own exit is excluded
+    like the agent's, and detach still stops the records."""
+    forked: list[int] = []
+    real_fork = os.fork
+
+    def recording_fork() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", recording_fork)
+    c = collect(self_tgid=os.getpid(), self_pidns=os.stat("/proc/self/ns/pid").st_ino)
+    assert len(forked) == 1, "the probe was not loaded in a child"
+    with pytest.raises(ChildProcessError):
+        os.waitpid(forked[0], os.WNOHANG)  # reaped already
+    after = exit_cases.exit_code_3()
+    c.poll_until(lambda evs: any(e.pid == after.pid for e in evs))
+    assert c.of_pid(after.pid), "no event once the loader child had exited"
+    assert c.of_pid(forked[0]) == [], "the loader child's exit was reported"
+    c.probe.detach()
+    c.poll_until(lambda evs: False, timeout=0.3)
+    late = exit_cases.exit_code_3()
+    c.poll_until(lambda evs: any(e.pid == late.pid for e in evs), timeout=1)
+    assert c.of_pid(late.pid) == [], "still attached after detach"

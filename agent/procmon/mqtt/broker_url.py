@@ -7,8 +7,8 @@ import ipaddress
 import logging
 import os
 import socket
-import ssl
 import stat
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -164,6 +164,8 @@ class BrokerOptions:
         if self.username:
             client.username_pw_set(self.username, self.password)
         if self.url.tls:
+            import ssl
+
             try:
                 client.tls_set(
                     ca_certs=str(self.ca_file) if self.ca_file else None,
@@ -177,9 +179,10 @@ class BrokerOptions:
 
 def describe_connect_error(exc: BaseException | None) -> str:
     """A short reason for a failed TCP/TLS connect."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
+    ssl = sys.modules.get("ssl")  # imported for mqtts:// only; no TLS error without it
+    if ssl is not None and isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS: server certificate rejected ({exc.verify_message}); check the CA file"
-    if isinstance(exc, ssl.SSLError):
+    if ssl is not None and isinstance(exc, ssl.SSLError):
         return f"TLS handshake failed ({exc.reason or exc}); check the CA, certificate and key"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the broker running?)"
@@ -295,8 +298,8 @@ class ConnectionReporter:
             self._hinted = True
             self._log.warning(
                 "MQTT broker %s closed the link %.1f s after accepting it: likely an ACL "
-                "refusal (with the procmon.procmon.broker role a user may publish only under its own "
-                "host's topics: host_id must equal mqtt.username), or another client with the "
+                "refusal (with the procmon.procmon.broker role a user may publish only under its "
+                "own host's topics: host_id must equal mqtt.username), or another client with the "
                 "same client id (with use_username_as_clientid, one connection per user)",
                 self._url,
                 after_s,

@@ -12,14 +12,18 @@ import errno
 import os
 import select
 import socket
-import ssl
+import sys
 import time
+from typing import TYPE_CHECKING, cast
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from procmon.mqtt.broker_url import BrokerConfigError, BrokerOptions, BrokerUrl
 from procmon.mqtt.wire import PROTOCOL_311, ConnAck, Decoder, Packet, ProtocolError
+
+if TYPE_CHECKING:
+    import ssl
 
 # TCP connect, TLS handshake and CONNACK together.
 CONNECT_TIMEOUT_S = 10.0
@@ -63,11 +67,47 @@ class ClosedBeforeConnAck(ConnectionError):
         super().__init__(errno.ECONNRESET, f"the link was {how} before any CONNACK")
 
 
+class _NotTls(OSError):
+    """Stands in for ssl's classes until a TLS link binds them: nothing raises it."""
+
+
+class _NotTlsSocket(socket.socket):
+    """Stands in for ssl.SSLSocket until a TLS link binds it: no socket is one."""
+
+
+class _Tls:
+    """ssl's classes the links name in except clauses. ssl is imported only for mqtts://
+    (_bind_ssl): on a plain mqtt:// agent it would cost ~3 MB of RSS and a few ms of start-up
+    (bench/startup_rss.md). Before binding, the stand-ins catch nothing, which is right: a
+    plain socket raises none of ssl's errors."""
+
+    error: type[OSError] = _NotTls
+    want_read: type[OSError] = _NotTls
+    want_write: type[OSError] = _NotTls
+    zero_return: type[OSError] = _NotTls
+    eof: type[OSError] = _NotTls
+    socket: type[socket.socket] = _NotTlsSocket
+
+
+def _bind_ssl() -> None:
+    import ssl
+
+    _Tls.error, _Tls.want_read, _Tls.want_write = (
+        ssl.SSLError,
+        ssl.SSLWantReadError,
+        ssl.SSLWantWriteError,
+    )
+    _Tls.zero_return, _Tls.eof, _Tls.socket = ssl.SSLZeroReturnError, ssl.SSLEOFError, ssl.SSLSocket
+
+
 def tls_context(options: BrokerOptions) -> ssl.SSLContext | None:
     """The client TLS context for an mqtts:// broker (None for mqtt://): certificate and host
     name checked, the CA file or the system's CAs, a client certificate for mTLS."""
     if not options.url.tls:
         return None
+    import ssl
+
+    _bind_ssl()
     try:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
         if options.ca_file is not None:
@@ -139,8 +179,8 @@ def describe_io_error(exc: BaseException) -> str:
     """Why an established connection ended, for the "connection lost" line."""
     if isinstance(exc, ProtocolError):
         return f"protocol error: {exc}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, _Tls.error):
+        return f"TLS: {getattr(exc, 'reason', None) or exc}"
     if isinstance(exc, OSError):
         return exc.strerror or str(exc) or type(exc).__name__
     return str(exc) or type(exc).__name__
@@ -158,7 +198,9 @@ class Link:
         # A TLS write can need a read first (renegotiation): then waiting for "writable" spins.
         self.write_needs_read = False
         self.broken: str | None = None  # why the link is done, noticed by another thread
-        self._tls = isinstance(sock, ssl.SSLSocket)
+        if "ssl" in sys.modules:  # a TLS socket exists only once ssl is imported
+            _bind_ssl()
+        self._tls = isinstance(sock, _Tls.socket)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -168,16 +210,16 @@ class Link:
         arrived. Raises ConnectionClosed at EOF, OSError or ProtocolError on a broken link."""
         try:
             data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        except (BlockingIOError, _Tls.want_read, _Tls.want_write):
             return None
-        except ssl.SSLZeroReturnError:
+        except _Tls.zero_return:
             raise ConnectionClosed() from None
         if not data:
             raise ConnectionClosed()
         if self._tls:
-            assert isinstance(self.sock, ssl.SSLSocket)
-            while self.sock.pending():  # decrypted already: the selector will not report it
-                data += self.sock.recv(RECV_SIZE)
+            tls_sock = cast("ssl.SSLSocket", self.sock)
+            while tls_sock.pending():  # decrypted already: the selector will not report it
+                data += tls_sock.recv(RECV_SIZE)
         self.write_needs_read = False
         return self.decoder.feed(data)
 
@@ -188,9 +230,9 @@ class Link:
             try:
                 with memoryview(out) as view, view[:SEND_CHUNK] as chunk:
                     sent = self.sock.send(chunk)
-            except (BlockingIOError, ssl.SSLWantWriteError):
+            except (BlockingIOError, _Tls.want_write):
                 return False
-            except ssl.SSLWantReadError:
+            except _Tls.want_read:
                 self.write_needs_read = True
                 return False
             del out[:sent]
@@ -261,15 +303,18 @@ def open_link(
     sock = _tcp_connect(url, deadline, stop_fd)
     try:
         if tls is not None:
-            sock = tls.wrap_socket(sock, server_hostname=url.host, do_handshake_on_connect=False)
-            assert isinstance(sock, ssl.SSLSocket)
+            _bind_ssl()
+            tls_sock = tls.wrap_socket(
+                sock, server_hostname=url.host, do_handshake_on_connect=False
+            )
+            sock = tls_sock
             while True:
                 try:
-                    sock.do_handshake()
+                    tls_sock.do_handshake()
                     break
-                except ssl.SSLWantReadError:
+                except _Tls.want_read:
                     _wait(sock, select.POLLIN, deadline, stop_fd)
-                except ssl.SSLWantWriteError:
+                except _Tls.want_write:
                     _wait(sock, select.POLLOUT, deadline, stop_fd)
         link = Link(sock, protocol)
         link.out += connect_packet
@@ -283,7 +328,7 @@ def open_link(
                     break
         except ConnectionClosed:
             raise ClosedBeforeConnAck("closed by the broker") from None
-        except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
+        except (ConnectionResetError, BrokenPipeError, _Tls.eof):
             raise ClosedBeforeConnAck("reset by the broker") from None
         except TimeoutError:
             raise NoConnAck(timeout) from None
@@ -310,7 +355,7 @@ def say_goodbye(link: Link, disconnect_packet: bytes, timeout: float) -> None:
             try:
                 if not link.sock.recv(RECV_SIZE):
                     return
-            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            except (BlockingIOError, _Tls.want_read, _Tls.want_write):
                 continue
     except OSError:  # ssl.SSLEOFError and resets included: the broker is gone either way
         return

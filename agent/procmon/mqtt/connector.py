@@ -8,9 +8,9 @@ repeat) and by `procmon check --broker` (without one: it reads ``last_problem``)
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from procmon.mqtt.broker_url import (
     BrokerOptions,
@@ -29,6 +29,9 @@ from procmon.mqtt.conn import (
     tls_context,
 )
 from procmon.mqtt.wire import PROTOCOL_5, PROTOCOL_311, REASON_STRING, ConnAck, ProtocolError
+
+if TYPE_CHECKING:
+    import ssl  # for mqtts:// only, imported by conn.tls_context
 
 # CONNACK reason codes that mean "not this protocol version": aedes answers an MQTT 5 CONNECT
 # with the 3.1.1 code 0x01; 0x84 is MQTT 5's own.

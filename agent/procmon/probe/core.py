@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
+import json
 import logging
 import os
+import socket
 import struct
+import threading
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from procmon.probe import libbpf
 from procmon.probe.btf import BTF_PATH
-from procmon.probe.errors import explain
+from procmon.probe.errors import ProbeError, explain
 from procmon.probe.knobs import ProbeKnobs
 from procmon.probe.record import (
     BATCH_FULL,
@@ -36,6 +41,12 @@ PROGRAMS = (b"exit_btf", b"exit_tp")
 CONTEXT_PROGRAMS = (b"exec_btf", b"cgroup_mkdir_btf", b"cgroup_rmdir_btf")
 # Who sent a fatal signal, and whom the OOM killer chose: the killer of an exit.
 KILLER_PROGRAMS = (b"signal_raw", b"oom_raw")
+# CoreProbes attached in this process. The loader child is used only while there is none
+# and no other thread: an attached probe would report the child's exit (its self_id names the
+# agent, not the child), and a fork beside running threads inherits whatever locks they hold.
+# So a reload that replaces the probe (Pipeline.replace, the old one still attached, the MQTT
+# thread running) loads in the agent itself.
+_attached = 0
 _GRANT = "grant CAP_BPF and CAP_PERFMON (AmbientCapabilities in the systemd unit)"
 _HINT = "--log-level info shows libbpf's log"
 
@@ -60,13 +71,19 @@ class CoreProbe:
     backend = "core"
 
     def __init__(
-        self, knobs: ProbeKnobs, obj_path: Path | None = None, pin_dir: Path | None = None
+        self,
+        knobs: ProbeKnobs,
+        obj_path: Path | None = None,
+        pin_dir: Path | None = None,
+        load_in_child: bool = True,
     ) -> None:
         self._bpf = libbpf.lib()
         self._path = obj_path or bundled_object()
         self._knobs = knobs
         self._obj = 0
         self._links: list[int] = []
+        self._link_fds: list[int] = []  # links handed over by the loader child
+        self._counted = False  # in _attached
         self._owned_fds: list[int] = []  # fds of adopted pins (a loaded object owns its own)
         self._ring = 0
         self.ring_fill: RingFill | None = None
@@ -76,10 +93,13 @@ class CoreProbe:
         self.reused_pins = False
         if self._pins is not None and (self._pins / "link").exists():
             self._reuse_pins(self._pins)
+        elif load_in_child and _attached == 0 and threading.active_count() == 1:
+            self._load_in_child()
         else:
             self._load_fresh()
         self._set_self_id()
         self._open_ring()
+        self._count(True)
         self.attach_seconds = time.monotonic() - self._started
         log.info("attached %s in %.3f s", self.program, self.attach_seconds)
 
@@ -116,6 +136,58 @@ class CoreProbe:
         self._self_fd = self._bpf.bpf_map__fd(self._map(b"self_id"))
         if self._pins is not None:
             self._pin(self._pins)
+
+    def _load_in_child(self) -> None:
+        """_load_fresh in a short-lived child (fork) that hands over the fds of the maps and
+        links. libbpf's parse of the kernel's BTF costs ~16 MB at its peak (bench/startup_rss.md):
+        in the child that memory goes when the child exits, instead of staying in the agent's
+        peak RSS for good. The links stay attached: the fds passed over keep them."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child: load, attach, hand over, exit at once
+            status = 0
+            try:
+                ours.close()
+                self._load_fresh()
+                if self._knobs.self_tgid:  # the child's own exit is not an event either
+                    self._write_self_id(os.getpid())
+                fds = [self._ring_fd, self._counters_fd, self._self_fd]
+                fds += [self._bpf.bpf_link__fd(link) for link in self._links]
+                handed = {
+                    "program": self.program,
+                    "has_context": self.has_context,
+                    "has_killer": self.has_killer,
+                }
+                socket.send_fds(theirs, [json.dumps(handed).encode()], fds)
+            except BaseException as exc:
+                status = 1
+                refused = isinstance(exc, PermissionError)
+                with contextlib.suppress(BaseException):
+                    theirs.send(json.dumps({"error": str(exc), "refused": refused}).encode())
+            finally:
+                os._exit(status)  # no cleanup: closing the object would detach the links
+        theirs.close()
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(ours, 1 << 16, 64)
+        finally:
+            ours.close()
+            # Once reaped, its exit has passed the probe (excluded as ours): ours goes back.
+            os.waitpid(pid, 0)
+        info: dict[str, Any] = (
+            json.loads(message) if message else {"error": "the loader process died"}
+        )
+        if "error" in info:
+            for fd in fds:
+                os.close(fd)
+            if info.get("refused"):
+                raise PermissionError(info["error"])
+            raise ProbeError(info["error"])
+        self._owned_fds = fds[:3]
+        self._ring_fd, self._counters_fd, self._self_fd = fds[:3]
+        self._link_fds = fds[3:]
+        self.program = info["program"]
+        self.has_context = info["has_context"]
+        self.has_killer = info["has_killer"]
 
     def _load_and_attach(self, program: bytes, with_extras: bool) -> None:
         bpf = self._bpf
@@ -199,8 +271,11 @@ class CoreProbe:
         self.reused_pins = True
 
     def _set_self_id(self) -> None:
+        self._write_self_id(self._knobs.self_tgid)
+
+    def _write_self_id(self, tgid: int) -> None:
         key = ctypes.c_uint32(0)
-        value = (ctypes.c_uint32 * 2)(self._knobs.self_tgid, self._knobs.self_pidns)
+        value = (ctypes.c_uint32 * 2)(tgid, self._knobs.self_pidns)
         libbpf.check_rc(
             self._bpf.bpf_map_update_elem(self._self_fd, ctypes.byref(key), ctypes.byref(value), 0),
             "setting the agent's own id",
@@ -306,9 +381,19 @@ class CoreProbe:
         for link in self._links:
             self._bpf.bpf_link__destroy(link)  # with a pin, the pinned link lives on
         self._links = []
+        for fd in self._link_fds:  # the last fd of an unpinned link: it detaches
+            os.close(fd)
+        self._link_fds = []
 
     def close(self) -> None:
         self._close_object()
+        self._count(False)
+
+    def _count(self, attached: bool) -> None:
+        global _attached
+        if attached != self._counted:
+            _attached += 1 if attached else -1
+            self._counted = attached
 
 
 _PIN_PREFIX = f"r{RECORD_VERSION}-"
