@@ -295,8 +295,8 @@ class ConnectionReporter:
             self._hinted = True
             self._log.warning(
                 "MQTT broker %s closed the link %.1f s after accepting it: likely an ACL "
-                "refusal (with the procmon.procmon.broker role a user may publish only under its own "
-                "host's topics: host_id must equal mqtt.username), or another client with the "
+                "refusal (with the procmon.procmon.broker role a user may publish only under its "
+                "own host's topics: host_id must equal mqtt.username), or another client with the "
                 "same client id (with use_username_as_clientid, one connection per user)",
                 self._url,
                 after_s,
