@@ -323,13 +323,15 @@ def per_wakeup_section(md: str) -> str:
         "`stats_interval_s`, the watchdog, signal flags: a few µs). No eventfd write to the "
         "network thread while the socket takes the bytes and the window has room.\n\n"
         "The wakeups themselves were the waste: libbpf's poll is level-triggered, so records "
-        "that arrived while a batch was built woke the agent again at once. Before, the main "
-        "thread drained about twice per kernel wakeup at 1k exits/s and about 180 times a "
-        "second with a median of 5 records at 5k/s. The pipeline now waits for the kernel's "
-        'wakeups edge-triggered (docs/design.md, "Probe wakeups"): about 25 drains a '
-        "second at 1k/s and 20-30 at 5k/s, each of 40 to 200 records. A drain's fixed CPU "
-        "(its cost at zero events, fitted over the drains) is 250-450 µs, cold caches "
-        "included; what is left per event (about 21-23 µs live) is mostly build/validate.\n\n"
+        "that arrived while a batch was built woke the agent again at once, a few records at "
+        "a time (*before* below: about twice per kernel wakeup at 1k exits/s, 150-180 drains "
+        "a second of 5-30 records at 5k/s). The pipeline now waits for the kernel's wakeups "
+        'edge-triggered (docs/design.md, "Probe wakeups"): about 25-30 drains a second at '
+        "both rates, of 40 to 200 records. A drain's fixed CPU (its cost at zero events, "
+        "fitted over the drains; imprecise when drains are all of one size) is a few hundred "
+        "µs, cold caches included; the agent's tick is a few µs of it. What is left is the "
+        "cost per event, about 22-23 µs live against 17-20 µs warm (the stage table above), "
+        "mostly build/validate (pydantic): the 2x goal needs that cut, not fewer wakeups.\n\n"
         + body
     )
 
