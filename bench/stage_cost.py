@@ -46,6 +46,7 @@ from procmon.probe.record import (
     encode_exit,
 )
 from procmon.spool import Spool
+from results_section import sections
 from spool_cost import v1_module, v1_source
 
 BEFORE_COMMIT = "8848cbd"
@@ -358,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(out, indent=1))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
-    args.out.write_text(render(out))
+    # bench/wakeup_cost.py keeps its "per wakeup" section in the same file
+    kept = sections(args.out.read_text()) if args.out.exists() else []
+    args.out.write_text(render(out) + "".join("\n" + section for section in kept))
     print(f"wrote {args.out}")
     return 0
 

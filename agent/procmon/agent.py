@@ -87,6 +87,7 @@ class Agent:
             poll_interval_ms=cfg.probe.poll_interval_ms,
             burst=burst_policy(cfg.probe),
             tick=self._tick,
+            wakeup_latency_ms=cfg.probe.wakeup_latency_ms,
         )
         if self.metrics is not None:  # a scrape before the first tick finds every series
             self.metrics.update(self.stats())
@@ -210,7 +211,11 @@ class Agent:
         old, self.cfg = self.cfg, new
         setup_logging(new.log_level)
         pipeline = self.pipeline
-        pipeline.replace(poll_interval_ms=new.probe.poll_interval_ms, burst=burst_policy(new.probe))
+        pipeline.replace(
+            poll_interval_ms=new.probe.poll_interval_ms,
+            burst=burst_policy(new.probe),
+            wakeup_latency_ms=new.probe.wakeup_latency_ms,
+        )
         if (new.probe, new.enrich) != (old.probe, old.enrich):
             # The new probe is attached before the pipeline drops the old one.
             probe = attach_probe(new.probe, new.enrich)

@@ -98,6 +98,38 @@ def test_sink_publishes_in_order_and_empties_the_spool(broker: Mosquitto, tmp_pa
     wait_until(lambda: collector.last_json("procmon/sink-host/status")["state"] == "offline")
 
 
+class CountingSpool(Spool):
+    """A Spool that counts its read-backs."""
+
+    reads = 0
+
+    def read_after(self, after_id: int, limit: int) -> list[tuple[int, bytes]]:
+        self.reads += 1
+        return super().read_after(after_id, limit)
+
+
+def test_emits_larger_than_the_window_are_sent_from_memory(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The pipeline hands over up to 512 events at once, the window is 256 messages: the rest
+    waits in memory for PUBACKs, and is not read back from the spool (issue 17)."""
+    collector = Collector(broker, ["procmon/sink-host/exits"])
+    spool = CountingSpool(tmp_path / "spool.db", 10_000)
+    sink = MqttSink(MqttConfig(broker=broker.url, max_inflight=256), identity(), spool)
+    try:
+        wait_until(lambda: sink.connected, what="a connection")
+        for start in (0, 1024):  # a poll's 1024 records: two emits back to back
+            sink.emit([sample_event(n) for n in range(start, start + 512)])
+            sink.emit([sample_event(n) for n in range(start + 512, start + 1024)])
+            wait_until(lambda: sink.counters()["spool_depth"] == 0, what="an empty spool")
+        wait_until(lambda: len(exits_of(collector, "sink-host")) == 2048, what="2048 events")
+        assert [e["pid"] for e in exits_of(collector, "sink-host")] == list(range(2048))
+        assert spool.reads == 0
+    finally:
+        sink.close()
+        collector.close()
+
+
 def test_sink_spools_while_broker_down_and_replays_after_restart(
     tmp_path: Path, mosquitto_ready: None
 ) -> None:

@@ -3,6 +3,8 @@ across probes replaced on reload, each sink's on_stop and the final tick."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -147,3 +149,98 @@ def test_a_reload_retunes_the_poll_interval() -> None:
     pipe.replace(poll_interval_ms=25)
     pipe.step()
     assert probe.timeouts == [100, 25]
+
+
+class StubFill:
+    """RingFill's one reading the pipeline makes: bytes still queued."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def queued(self) -> int:
+        return self.bytes
+
+
+class WakingProbe(FakeProbe):
+    """A probe with an epoll file, as CoreProbe: an eventfd stands for the ring, and a write
+    to it for the kernel's wakeup. Its own poll is level-triggered, like libbpf's."""
+
+    def __init__(self, log: list[str], batches: list[list[int]]) -> None:
+        super().__init__("p", log, batches, drops=0)
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK)
+        self.fill = StubFill()
+        self.ring_fill = self.fill  # type: ignore[assignment]
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def wake(self) -> None:
+        os.eventfd_write(self.fd, 1)
+
+    def close(self) -> None:
+        super().close()
+        os.close(self.fd)
+
+
+def waking_pipeline(probe: WakingProbe, sink: RecordingSink, latency_ms: int) -> Pipeline:
+    builder = EventBuilder("h", "core", boot_id=BOOT_ID)
+    return Pipeline(probe, builder, [sink], poll_interval_ms=300, wakeup_latency_ms=latency_ms)
+
+
+def timed_step(pipe: Pipeline) -> float:
+    started = time.monotonic()
+    pipe.step()
+    return time.monotonic() - started
+
+
+def test_with_a_wakeup_latency_the_pipeline_waits_for_the_kernels_wakeup_not_for_data() -> None:
+    """Records queued while a batch is sent do not wake the agent again at once (the probe's
+    level-triggered poll did: a wakeup per few records); each kernel wakeup does."""
+    log: list[str] = []
+    probe = WakingProbe(log, [[1], [2], [3]])
+    sink = RecordingSink("s", log)
+    pipe = waking_pipeline(probe, sink, latency_ms=5000)
+    probe.wake()
+    assert timed_step(pipe) < 0.2 and sink.pids == [1]  # woken: drained at once
+    probe.wake()
+    probe.wake()  # more data, no new wakeup since it was read: one drain
+    assert timed_step(pipe) < 0.2 and sink.pids == [1, 2]
+    assert timed_step(pipe) >= 0.25  # no wakeup: up to poll_interval_ms, as before
+    assert probe.timeouts == [0, 0, 0]  # the probe itself is only drained, never waited on
+    pipe.shutdown()
+    assert sink.pids == [1, 2, 3]
+
+
+def test_records_left_by_a_drain_are_drained_within_the_wakeup_latency() -> None:
+    """The kernel wakes at most once per wakeup latency: records that arrived while the last
+    batch was built had theirs already, so the pipeline drains them by that latency."""
+    log: list[str] = []
+    probe = WakingProbe(log, [[1], [2]])
+    sink = RecordingSink("s", log)
+    pipe = waking_pipeline(probe, sink, latency_ms=60)
+    probe.wake()
+    pipe.step()
+    probe.fill.bytes = 184  # one record came in during the drain, with no wakeup
+    waited = timed_step(pipe)
+    assert 0.03 <= waited < 0.2 and sink.pids == [1, 2]
+    pipe.shutdown()
+
+
+def test_a_probe_without_an_epoll_file_keeps_its_own_poll() -> None:
+    log: list[str] = []
+    probe = FakeProbe("p", log, [[1]], drops=0)
+    builder = EventBuilder("h", "core", boot_id=BOOT_ID)
+    pipe = Pipeline(probe, builder, [], poll_interval_ms=30, wakeup_latency_ms=40)
+    pipe.step()
+    assert probe.timeouts == [30]
+
+
+def test_a_replaced_probe_gets_its_own_wakeups() -> None:
+    log: list[str] = []
+    old, new = WakingProbe(log, [[1], [2]]), WakingProbe(log, [[3]])
+    sink = RecordingSink("s", log)
+    pipe = waking_pipeline(old, sink, latency_ms=5000)
+    pipe.replace(probe=new)  # the old one is drained and closed
+    new.wake()
+    assert timed_step(pipe) < 0.2 and sink.pids == [1, 3]
+    pipe.shutdown()

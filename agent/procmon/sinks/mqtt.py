@@ -96,6 +96,10 @@ STATS_REQUIRED = (
 # While emits come at least this often and the window has room, they read the PUBACKs; the
 # network thread only watches the socket once they stop, so a steady stream never wakes it.
 EMIT_READS_S = 0.1
+# Rows emit just stored are kept in memory for publishing up to this many (or a window, if
+# larger): a batch of up to 1024 records (the pipeline's chunks of 512) waiting for room in a
+# 256-message window is then sent from memory as PUBACKs come, not read back from the spool.
+FRESH_ROWS = 1024
 
 _to_json = ExitEvent.__pydantic_serializer__.to_json
 
@@ -453,6 +457,8 @@ class MqttSink:
                     if link.out and not link.write_needs_read:
                         wanted |= select.EPOLLOUT
                     timeout = self._next_timeout(now, emits_read)
+                    # When the keepalive, ack and retry timers are due, emits or not.
+                    timers_due = now + self._next_timeout(now, False)
                 if wanted != watching:  # errors and hang-ups are reported regardless
                     epoll.modify(sock_fd, wanted)
                     watching = wanted
@@ -464,6 +470,15 @@ class MqttSink:
                         os.eventfd_read(self._wake_fd)
                 if self._stop:
                     break
+                if (
+                    not ready
+                    and emits_read
+                    and now < timers_due
+                    and now - self._last_emit < EMIT_READS_S
+                ):
+                    # Only the "emits stopped?" timer, and they have not: the last emit pumped
+                    # (read, keepalive, deletes, fill), so this wakeup has nothing to do.
+                    continue
                 with self._lock:
                     self._pump_locked(link, now)
         finally:
@@ -676,8 +691,8 @@ class MqttSink:
         generation = self._spool.generation
         if fresh and (fresh[-1][0] + 1 != ids.start or self._fresh_generation != generation):
             fresh.clear()
-        # Only while connected, and at most a window's worth: otherwise the spool serves.
-        if self._connected and len(fresh) + len(ids) <= self._session.max_window:
+        # Only while connected, and at most FRESH_ROWS or a window: otherwise the spool serves.
+        if self._connected and len(fresh) + len(ids) <= max(FRESH_ROWS, self._session.max_window):
             fresh += zip(ids, payloads[len(payloads) - len(ids) :], strict=True)
             self._fresh_generation = generation
         else:
