@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -48,8 +49,15 @@ def test_tail_json_count() -> None:
 
 @pytest.mark.bpf
 @pytest.mark.usefixtures("bpf_ready")
-def test_tail_seed_format() -> None:
-    proc = _tail_until(["--format", "seed", "--failed", "--count", "1"], ["sh", "-c", "exit 7"])
+def test_tail_seed_format(tmp_path: Path) -> None:
+    """The seed module's lines for one failed exit. The shell runs under a comm of its own and
+    --comm picks it: on a busy machine another process's failure must not take its place."""
+    shell = tmp_path / "pmseed"
+    shell.symlink_to("/bin/sh")
+    proc = _tail_until(
+        ["--format", "seed", "--failed", "--comm", "^pmseed$", "--count", "1"],
+        [str(shell), "-c", "exit 7"],
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("PROCESS_MONITOR: Process exiting - PID: ")
