@@ -496,6 +496,12 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
             if isinstance(existing, dict) and isinstance(value, dict):
                 value = _merged(value, existing)
             target[path[-1]] = value
+    brokers_env = environ.get(BROKERS_ENV)
+    if brokers_env is not None:  # comma-separated, as a list is typed in a unit file
+        brokers = tuple(url.strip() for url in brokers_env.split(",") if url.strip())
+        if not brokers:
+            raise ConfigError(f"environment: {BROKERS_ENV}: no broker URL in {brokers_env!r}")
+        values.setdefault("mqtt", {})["brokers"] = brokers
     return values
 
 
@@ -522,14 +528,6 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             f"environment: {unknown[0]}: no such setting (PROCMON_<KEY>, nested keys"
             " with __, e.g. PROCMON_MQTT__BROKER)"
         )
-    brokers_env = os.environ.get(BROKERS_ENV)
-    if brokers_env is not None:
-        brokers = tuple(url.strip() for url in brokers_env.split(",") if url.strip())
-        if not brokers:
-            raise ConfigError(f"environment: {BROKERS_ENV}: no broker URL in {brokers_env!r}")
-        # Below the flags (overrides), above the file, like every PROCMON_* variable.
-        overrides = dict(overrides or {})
-        overrides["mqtt"] = {"brokers": brokers, **overrides.get("mqtt", {})}
     explicit = path is not None
     toml_path = path if path is not None else DEFAULT_CONFIG_PATH
     if explicit and not toml_path.is_file():

@@ -375,8 +375,9 @@ def test_spool_cap_drops_are_counted_exactly(
 def test_reload_replaces_the_probe_with_threads_running(
     agent_ready: None, broker: Mosquitto, agents: Any
 ) -> None:
-    """A probe setting changed on SIGHUP loads a new probe in a forked child while the MQTT
-    thread runs; events flow before and after, and neither loader child's exit is reported."""
+    """A probe setting changed on SIGHUP loads a new probe while the MQTT thread runs (in the
+    agent itself: the first load's forked child is not used beside threads); events flow before
+    and after, and the first loader child's exit is not reported."""
     host = unique_host()
     collector = Collector(broker, [f"procmon/{host}/exits"])
     agent: AgentProcess = agents(broker.url, host_id=host, config="log_level = 'info'\n").start()
